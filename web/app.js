@@ -1,0 +1,447 @@
+// MedFakeDet page: upload an image, show both models' answers. Plain JS, no dependencies.
+// The page is served by nginx on the same origin as the API:
+//   POST /detect/synthesis8            multipart: image
+//   POST /detect/manipulation_density  multipart: image, thr, min_area, return_density
+"use strict";
+
+(function () {
+  const ENDPOINT_SYNTHESIS = "/detect/synthesis8";
+  const ENDPOINT_DENSITY = "/detect/manipulation_density";
+  const MAX_DISPLAY = 640; // largest side of the drawn image, CSS pixels
+  const REQUERY_DELAY_MS = 250;
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    dropzone: $("dropzone"),
+    input: $("file-input"),
+    fileName: $("file-name"),
+    always: $("localize-always"),
+    thr: $("thr"),
+    thrValue: $("thr-value"),
+    minArea: $("min-area"),
+    showHeatmap: $("show-heatmap"),
+    canvas: $("image-canvas"),
+    caption: $("viewer-caption"),
+    alert: $("error-alert"),
+    alertTitle: $("error-title"),
+    alertMessage: $("error-message"),
+    status: $("status"),
+    synthesis: $("synthesis"),
+    verdictBadge: $("verdict-badge"),
+    resultClass: $("result-class"),
+    fakeBar: $("fake-bar"),
+    fakeBarFill: $("fake-bar-fill"),
+    fakeValue: $("fake-value"),
+    organBars: $("organ-bars"),
+    classProbs: $("class-probs"),
+    synthesisVersion: $("synthesis-version"),
+    density: $("density"),
+    densitySkipped: $("density-skipped"),
+    densitySkippedText: $("density-skipped-text"),
+    runLocalizer: $("run-localizer"),
+    densityResult: $("density-result"),
+    densityBadge: $("density-badge"),
+    densityMessage: $("density-message"),
+    presenceScore: $("presence-score"),
+    boxCount: $("box-count"),
+    densityParams: $("density-params"),
+    boxList: $("box-list"),
+    densityVersion: $("density-version"),
+  };
+
+  // Everything about the current upload; `token` makes late answers of older uploads harmless.
+  const state = {
+    file: null,
+    preview: null, // HTMLImageElement when the browser can decode the file (not DICOM/TIFF)
+    synthesis: null,
+    density: null,
+    heatmap: null, // HTMLImageElement of density.heatmap_png
+    token: 0,
+    densityAbort: null,
+  };
+
+  // ------------------------------------------------------------------------------ helpers
+  const pct = (p) => `${(100 * p).toFixed(1)}%`;
+
+  function showError(title, message) {
+    el.alertTitle.textContent = title;
+    el.alertMessage.textContent = message;
+    el.alert.hidden = false;
+  }
+
+  function clearError() {
+    el.alert.hidden = true;
+    el.alertMessage.textContent = "";
+  }
+
+  function setStatus(text, busy) {
+    el.status.textContent = text;
+    el.status.classList.toggle("busy", Boolean(busy));
+  }
+
+  // POST a multipart form; resolve with the JSON body or throw an Error whose message is the
+  // server's own (TorchServe answers 4xx with {code, type, message}; nginx may answer HTML).
+  async function postForm(url, form, signal) {
+    let response;
+    try {
+      response = await fetch(url, { method: "POST", body: form, signal });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new Error(`Could not reach the server (${err.message}).`);
+    }
+    const text = await response.text();
+    let body = null;
+    try {
+      body = JSON.parse(text);
+    } catch (_) {
+      body = null;
+    }
+    if (!response.ok) {
+      let message = body && (body.message || body.error);
+      if (!message) {
+        const plain = text.replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim();
+        message = plain.slice(0, 300) || response.statusText || "no details";
+      }
+      const error = new Error(message);
+      error.status = response.status;
+      throw error;
+    }
+    if (!body || typeof body !== "object") {
+      throw new Error(`The server answered ${response.status} without a JSON result.`);
+    }
+    return body;
+  }
+
+  function loadImage(src) {
+    return new Promise((resolve) => {
+      const img = new Image();
+      img.onload = () => resolve(img);
+      img.onerror = () => resolve(null);
+      img.src = src;
+    });
+  }
+
+  // image_size may be {width, height} or [w, h]
+  function sizeOf(size) {
+    if (Array.isArray(size)) return { width: size[0], height: size[1] };
+    if (size && size.width && size.height) return { width: size.width, height: size.height };
+    return null;
+  }
+
+  // ------------------------------------------------------------------------------- canvas
+  // The image's own pixel size: the server's image_size once known, else the preview's.
+  function naturalSize() {
+    const fromServer = state.density && sizeOf(state.density.image_size);
+    if (fromServer) return fromServer;
+    if (state.preview) return { width: state.preview.naturalWidth, height: state.preview.naturalHeight };
+    return null;
+  }
+
+  function draw() {
+    const canvas = el.canvas;
+    const ctx = canvas.getContext("2d");
+    const natural = naturalSize();
+    const box = canvas.parentElement.getBoundingClientRect();
+    const maxW = Math.max(200, Math.min(MAX_DISPLAY, box.width - 20));
+    if (!natural) {
+      canvas.width = maxW;
+      canvas.height = Math.round(maxW * 0.75);
+      ctx.fillStyle = "#1b2436";
+      ctx.fillRect(0, 0, canvas.width, canvas.height);
+      placeholderText(ctx, canvas, state.file ? "No preview for this file type" : "No image yet");
+      canvas.dataset.boxes = "0";
+      canvas.dataset.heatmap = "0";
+      return;
+    }
+    // Fit the image in MAX_DISPLAY x MAX_DISPLAY; small scans are enlarged to be readable.
+    const scale = Math.min(maxW / natural.width, MAX_DISPLAY / natural.height);
+    const dpr = window.devicePixelRatio || 1;
+    const w = Math.round(natural.width * scale);
+    const h = Math.round(natural.height * scale);
+    canvas.width = Math.round(w * dpr);
+    canvas.height = Math.round(h * dpr);
+    canvas.style.width = `${w}px`;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+
+    const heatmapShown = Boolean(state.heatmap && el.showHeatmap.checked);
+    if (heatmapShown) {
+      // heatmap_png is the colour density already blended over the image, at the image's aspect.
+      ctx.drawImage(state.heatmap, 0, 0, w, h);
+    } else if (state.preview) {
+      ctx.drawImage(state.preview, 0, 0, w, h);
+    } else {
+      ctx.fillStyle = "#1b2436";
+      ctx.fillRect(0, 0, w, h);
+      // Corner note, so it never hides under a box drawn in the middle.
+      placeholderText(ctx, { width: w, height: h }, "No browser preview (DICOM/TIFF)", true);
+    }
+
+    // Boxes come in the uploaded image's pixel coordinates: scale by displayed / natural.
+    const boxes = (state.density && state.density.boxes) || [];
+    const sx = w / natural.width;
+    const sy = h / natural.height;
+    ctx.font = "600 12px system-ui, sans-serif";
+    ctx.textBaseline = "top";
+    boxes.forEach((b, i) => {
+      const x = b.x1 * sx;
+      const y = b.y1 * sy;
+      const bw = (b.x2 - b.x1) * sx;
+      const bh = (b.y2 - b.y1) * sy;
+      // A dark outline under the yellow line keeps boxes visible on bright and dark images.
+      ctx.lineWidth = 5;
+      ctx.strokeStyle = "rgba(0, 0, 0, 0.55)";
+      ctx.strokeRect(x, y, bw, bh);
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = "#ffd400";
+      ctx.strokeRect(x, y, bw, bh);
+      const label = `${i + 1}: ${Number(b.score).toFixed(2)}`;
+      const tw = ctx.measureText(label).width + 8;
+      const ly = y >= 18 ? y - 18 : y + 2;
+      ctx.fillStyle = "#ffd400";
+      ctx.fillRect(x, ly, tw, 16);
+      ctx.fillStyle = "#111";
+      ctx.fillText(label, x + 4, ly + 2);
+    });
+
+    canvas.dataset.boxes = String(boxes.length);
+    canvas.dataset.heatmap = heatmapShown ? "1" : "0";
+    canvas.setAttribute(
+      "aria-label",
+      `Uploaded image, ${natural.width} by ${natural.height} pixels` +
+        (boxes.length ? `, ${boxes.length} suspicious region(s) outlined` : "") +
+        (heatmapShown ? ", density heatmap shown" : "")
+    );
+    el.caption.textContent =
+      `${natural.width} × ${natural.height} px shown at ${Math.round(scale * 100)}%. ` +
+      "Boxes are in the uploaded image's pixel coordinates.";
+  }
+
+  function placeholderText(ctx, size, text, corner) {
+    ctx.fillStyle = "#aab6c8";
+    ctx.font = "13px system-ui, sans-serif";
+    ctx.textAlign = corner ? "start" : "center";
+    ctx.textBaseline = corner ? "bottom" : "middle";
+    if (corner) ctx.fillText(text, 8, size.height - 6);
+    else ctx.fillText(text, size.width / 2, size.height / 2);
+    ctx.textAlign = "start";
+  }
+
+  // ------------------------------------------------------------------------------ results
+  function renderSynthesis(r) {
+    el.synthesis.hidden = false;
+    el.resultClass.textContent = r.class_name;
+    el.verdictBadge.textContent = r.is_fake ? "Synthetic" : "Real";
+    el.verdictBadge.className = `badge ${r.is_fake ? "fake" : "real"}`;
+    const p = Number(r.fake_probability);
+    el.fakeBarFill.style.width = pct(p);
+    el.fakeBarFill.className = `bar-fill ${p >= 0.5 ? "fake" : "real"}`;
+    el.fakeBar.setAttribute("aria-valuenow", (100 * p).toFixed(1));
+    el.fakeValue.textContent = pct(p);
+
+    el.organBars.replaceChildren(
+      ...Object.entries(r.organ_probabilities || {}).map(([organ, q]) => barRow(organ, q))
+    );
+    const rows = Object.entries(r.probabilities || {}).map(([name, q]) => {
+      const tr = document.createElement("tr");
+      if (name === r.class_name) tr.className = "top";
+      const a = document.createElement("td");
+      a.textContent = name;
+      const b = document.createElement("td");
+      b.textContent = pct(Number(q));
+      tr.append(a, b);
+      return tr;
+    });
+    el.classProbs.replaceChildren(...rows);
+    el.synthesisVersion.textContent = r.model_version || "?";
+  }
+
+  function barRow(label, p) {
+    const row = document.createElement("div");
+    row.className = "bar-row";
+    const name = document.createElement("span");
+    name.className = "bar-label";
+    name.textContent = label;
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.setAttribute("role", "progressbar");
+    bar.setAttribute("aria-label", `Probability of ${label}`);
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", "100");
+    bar.setAttribute("aria-valuenow", (100 * p).toFixed(1));
+    const fill = document.createElement("div");
+    fill.className = "bar-fill";
+    fill.style.width = pct(p);
+    bar.append(fill);
+    const value = document.createElement("span");
+    value.className = "bar-value";
+    value.textContent = pct(p);
+    row.append(name, bar, value);
+    return row;
+  }
+
+  function renderDensitySkipped(organ) {
+    el.density.hidden = false;
+    el.densityResult.hidden = true;
+    el.densitySkipped.hidden = false;
+    el.densitySkippedText.textContent =
+      `The localizer was trained on brain MRI; this image was classified as ${organ}, ` +
+      "so it was not run.";
+  }
+
+  function renderDensity(r) {
+    el.density.hidden = false;
+    el.densitySkipped.hidden = true;
+    el.densityResult.hidden = false;
+    el.densityBadge.textContent = r.is_manipulated ? "Manipulated" : "No manipulation";
+    el.densityBadge.className = `badge ${r.is_manipulated ? "fake" : "real"}`;
+    el.densityMessage.textContent = r.message || "";
+    el.presenceScore.textContent = Number(r.presence_score).toFixed(3);
+    el.boxCount.textContent = String(r.count);
+    el.densityParams.textContent = `${r.threshold} / ${r.min_area} px`;
+    el.boxList.replaceChildren(
+      ...(r.boxes || []).map((b, i) => {
+        const li = document.createElement("li");
+        const f = (v) => Math.round(Number(v));
+        li.textContent =
+          `(${f(b.x1)}, ${f(b.y1)}) – (${f(b.x2)}, ${f(b.y2)}), ` +
+          `score ${Number(b.score).toFixed(3)}`;
+        li.id = `box-${i + 1}`;
+        return li;
+      })
+    );
+    el.densityVersion.textContent = r.model_version || "?";
+  }
+
+  // ----------------------------------------------------------------------------- requests
+  function imageForm() {
+    const form = new FormData();
+    form.append("image", state.file, state.file.name);
+    return form;
+  }
+
+  async function runDensity() {
+    if (!state.file) return;
+    const token = state.token;
+    if (state.densityAbort) state.densityAbort.abort();
+    const abort = new AbortController();
+    state.densityAbort = abort;
+    const form = imageForm();
+    form.append("thr", el.thr.value);
+    form.append("min_area", el.minArea.value === "" ? "20" : el.minArea.value);
+    form.append("return_density", "true");
+    setStatus("Localizing manipulated regions…", true);
+    try {
+      const result = await postForm(ENDPOINT_DENSITY, form, abort.signal);
+      if (token !== state.token) return;
+      clearError();
+      state.density = result;
+      state.heatmap = result.heatmap_png
+        ? await loadImage(`data:image/png;base64,${result.heatmap_png}`)
+        : null;
+      if (token !== state.token) return;
+      renderDensity(result);
+      draw();
+      setStatus("Done.", false);
+    } catch (err) {
+      if (err.name === "AbortError" || token !== state.token) return;
+      showError(errorTitle("Localizer", err), err.message);
+      setStatus("The localizer request failed.", false);
+    } finally {
+      if (state.densityAbort === abort) state.densityAbort = null;
+    }
+  }
+
+  function errorTitle(what, err) {
+    return err.status ? `${what}: the server answered ${err.status}` : `${what}: request failed`;
+  }
+
+  async function handleFile(file) {
+    if (!file) return;
+    state.token += 1;
+    const token = state.token;
+    if (state.densityAbort) state.densityAbort.abort();
+    Object.assign(state, { file, preview: null, synthesis: null, density: null, heatmap: null });
+    clearError();
+    el.synthesis.hidden = true;
+    el.density.hidden = true;
+    el.fileName.textContent = `${file.name} (${(file.size / 1024).toFixed(1)} KiB)`;
+
+    const url = URL.createObjectURL(file);
+    state.preview = await loadImage(url); // null for DICOM/TIFF: drawn as a placeholder
+    URL.revokeObjectURL(url);
+    if (token !== state.token) return;
+    draw();
+
+    setStatus("Classifying…", true);
+    let synthesis;
+    try {
+      synthesis = await postForm(ENDPOINT_SYNTHESIS, imageForm());
+    } catch (err) {
+      if (token !== state.token) return;
+      showError(errorTitle("Synthesis detector", err), err.message);
+      setStatus("The image could not be analysed.", false);
+      return;
+    }
+    if (token !== state.token) return;
+    state.synthesis = synthesis;
+    renderSynthesis(synthesis);
+    if (synthesis.organ === "brain" || el.always.checked) {
+      await runDensity();
+    } else {
+      renderDensitySkipped(synthesis.organ);
+      setStatus("Done.", false);
+    }
+  }
+
+  // ------------------------------------------------------------------------------- events
+  el.dropzone.addEventListener("click", () => el.input.click());
+  el.dropzone.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      el.input.click();
+    }
+  });
+  el.input.addEventListener("change", () => handleFile(el.input.files[0]));
+  ["dragenter", "dragover"].forEach((type) =>
+    el.dropzone.addEventListener(type, (e) => {
+      e.preventDefault();
+      el.dropzone.classList.add("dragover");
+    })
+  );
+  ["dragleave", "drop"].forEach((type) =>
+    el.dropzone.addEventListener(type, (e) => {
+      e.preventDefault();
+      el.dropzone.classList.remove("dragover");
+    })
+  );
+  el.dropzone.addEventListener("drop", (e) => {
+    const file = e.dataTransfer && e.dataTransfer.files[0];
+    if (file) handleFile(file);
+  });
+  // A file dropped next to the zone must not navigate away from the page.
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+
+  let requeryTimer = null;
+  function requery() {
+    clearTimeout(requeryTimer);
+    requeryTimer = setTimeout(() => {
+      if (state.density) runDensity(); // only once the localizer has answered for this image
+    }, REQUERY_DELAY_MS);
+  }
+  el.thr.addEventListener("input", () => {
+    el.thrValue.textContent = Number(el.thr.value).toFixed(2);
+    requery();
+  });
+  el.minArea.addEventListener("change", requery);
+  el.showHeatmap.addEventListener("change", draw);
+  el.always.addEventListener("change", () => {
+    if (el.always.checked && state.synthesis && !state.density) runDensity();
+  });
+  el.runLocalizer.addEventListener("click", runDensity);
+  window.addEventListener("resize", () => {
+    if (state.file) draw();
+  });
+
+  draw();
+})();
