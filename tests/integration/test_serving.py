@@ -1,0 +1,360 @@
+"""The real TorchServe + nginx stack from the archives: endpoints, batching, errors, auth."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from medfakedet.imaging import encode_png
+from medfakedet.labels import CLASS_NAMES, ORGANS
+from medfakedet.predictors import Synthesis8Predictor
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+S8_KEYS = {
+    "class_id",
+    "class_name",
+    "organ",
+    "is_fake",
+    "fake_probability",
+    "organ_probabilities",
+    "probabilities",
+    "model_version",
+}
+DENSITY_KEYS = {
+    "is_manipulated",
+    "presence_score",
+    "threshold",
+    "min_area",
+    "count",
+    "boxes",
+    "image_size",
+    "model_version",
+    "message",
+}
+
+
+# ----------------------------------------------------------------------------- test images
+def rect_image(size: int = 128, box=(40, 32, 80, 64), bright: float = 0.9) -> np.ndarray:
+    """Dark gray image with one bright rectangle (x1, y1, x2, y2): the 'manipulated region'."""
+    img = np.full((size, size), 0.1, dtype=np.float32)
+    x1, y1, x2, y2 = box
+    img[y1:y2, x1:x2] = bright
+    return img
+
+
+def png(pixels: np.ndarray) -> bytes:
+    return encode_png(pixels)
+
+
+def jpeg(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.rint(pixels * 255).astype(np.uint8)).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def dicom(pixels: np.ndarray) -> bytes:
+    """Uncompressed 16-bit MONOCHROME2 DICOM (values 0..4095 as a CT-like scanner stores)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
+    ds.Modality, ds.PatientID = "OT", "TEST"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.rint(pixels * 4095).astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+ENCODERS = {"png": png, "jpeg": jpeg, "dicom": dicom}
+
+
+def box_tuple(b: dict) -> tuple[float, float, float, float]:
+    return (b["x1"], b["y1"], b["x2"], b["y2"])
+
+
+def decode_b64_png(text: str) -> Image.Image:
+    im = Image.open(io.BytesIO(base64.b64decode(text)))
+    assert im.format == "PNG"
+    return im
+
+
+def check_synthesis8(body: dict) -> None:
+    assert set(body) >= S8_KEYS, body
+    assert list(body["probabilities"]) == list(CLASS_NAMES)
+    assert list(body["organ_probabilities"]) == list(ORGANS)
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert body["class_name"] == CLASS_NAMES[body["class_id"]]
+    fake = sum(v for k, v in body["probabilities"].items() if k.endswith("_fake"))
+    assert body["fake_probability"] == pytest.approx(fake, abs=1e-4)
+    assert body["is_fake"] == body["class_name"].endswith("_fake")
+    assert body["model_version"] == "0.0.1-test"
+
+
+def batch_sizes(log: str, model: str) -> list[int]:
+    return [int(n) for n in re.findall(rf"{model} batch_size=(\d+)", log)]
+
+
+# ------------------------------------------------------------------------------- endpoints
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "dicom"])
+def test_paper_endpoints_through_nginx_with_multipart_form(stack, fmt):
+    data = ENCODERS[fmt](rect_image(256, box=(80, 64, 160, 128)))
+    r = requests.post(
+        f"{stack.base_url}/detect/synthesis8",
+        files={"image": (f"scan.{fmt}", data)},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    check_synthesis8(r.json())
+
+    r = requests.post(
+        f"{stack.base_url}/detect/manipulation_density",
+        files={"image": (f"scan.{fmt}", data)},
+        data={"thr": "0.3", "min_area": "20", "return_density": "true"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) >= DENSITY_KEYS
+    assert body["is_manipulated"] is True and body["count"] == 1
+    assert body["threshold"] == 0.3 and body["min_area"] == 20
+    assert body["image_size"] == {"width": 256, "height": 256}
+    assert body["model_version"] == "0.0.2-test"
+    assert "Manipulation likely" in body["message"]
+    assert box_tuple(body["boxes"][0]) == pytest.approx((80, 64, 160, 128), abs=2)
+    assert decode_b64_png(body["density_png"]).size == (128, 128)
+    assert decode_b64_png(body["heatmap_png"]).size == (256, 256)
+
+
+def test_untouched_image_has_no_boxes(stack):
+    r = requests.post(
+        f"{stack.base_url}/detect/manipulation_density",
+        files={"image": ("plain.png", png(np.full((96, 96), 0.2, np.float32)))},
+        timeout=60,
+    )
+    body = r.json()
+    assert r.status_code == 200
+    assert (body["is_manipulated"], body["count"], body["boxes"]) == (False, 0, [])
+    assert body["presence_score"] < 0.01
+    assert "No manipulation detected" in body["message"]
+    assert "density_png" not in body
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "dicom"])
+def test_torchserve_predictions_with_raw_bytes(stack, fmt):
+    data = ENCODERS[fmt](rect_image(200, box=(20, 40, 100, 120)))
+    r = requests.post(f"{stack.inference_url}/predictions/synthesis8", data=data, timeout=60)
+    assert r.status_code == 200, r.text
+    check_synthesis8(r.json())
+    r = requests.post(
+        f"{stack.inference_url}/predictions/manipulation_density", data=data, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    assert box_tuple(r.json()["boxes"][0]) == pytest.approx((20, 40, 100, 120), abs=2)
+
+
+def test_curl_data_binary_content_type_works_through_nginx(stack):
+    """curl --data-binary labels bytes as a url-encoded form; nginx passes them on as bytes."""
+    r = requests.post(
+        f"{stack.base_url}/detect/synthesis8",
+        data=png(rect_image()),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    check_synthesis8(r.json())
+
+
+def test_json_base64_body(stack):
+    b64 = base64.b64encode(png(rect_image())).decode()
+    r = requests.post(
+        f"{stack.base_url}/detect/manipulation_density",
+        json={"image": f"data:image/png;base64,{b64}", "thr": 0.5, "min_area": 0},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["threshold"], body["min_area"]) == (0.5, 0)
+    assert box_tuple(body["boxes"][0]) == (40, 32, 80, 64)
+
+
+def test_explanations_return_gradcam_for_the_predicted_class(stack):
+    data = png(rect_image(160))
+    plain = requests.post(f"{stack.base_url}/detect/synthesis8", files={"image": data}, timeout=60)
+    r = requests.post(
+        f"{stack.base_url}/explanations/synthesis8", files={"image": data}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["class_name"] == plain.json()["class_name"]
+    assert body["explanation"]["target_class"] == body["class_name"]
+    assert decode_b64_png(body["heatmap_png"]).size == (160, 160)
+    assert "heatmap_png" not in plain.json()
+
+
+def test_boxes_are_in_uploaded_coordinates(stack):
+    small = rect_image(128, box=(40, 32, 80, 64))
+    large = np.kron(small, np.ones((4, 4), np.float32))  # the same image at 512 px
+    got = []
+    for pixels in (small, large):
+        r = requests.post(
+            f"{stack.base_url}/detect/manipulation_density",
+            files={"image": ("m.png", png(pixels))},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["count"] == 1
+        got.append(np.array(box_tuple(r.json()["boxes"][0])))
+    assert got[0] == pytest.approx([40, 32, 80, 64], abs=0.5)
+    assert got[1] == pytest.approx(got[0] * 4, abs=2)
+
+
+# ---------------------------------------------------------------------- batching and errors
+def test_32_concurrent_callers_are_batched_and_get_their_own_answers(stack):
+    before = len(stack.model_log())
+    boxes = [(3 * i, 8 + 2 * i, 3 * i + 24, 8 + 2 * i + 20) for i in range(32)]
+
+    def localize(box):
+        r = requests.post(
+            f"{stack.base_url}/detect/manipulation_density",
+            files={"image": ("m.png", png(rect_image(128, box=box)))},
+            data={"min_area": "1"},
+            timeout=120,
+        )
+        return r.status_code, r.json()
+
+    rng = np.random.default_rng(7)
+    images = [png(rng.random((64, 64), dtype=np.float32)) for _ in range(32)]
+
+    def classify(data):
+        r = requests.post(f"{stack.base_url}/detect/synthesis8", files={"image": data}, timeout=120)
+        return r.status_code, r.json()
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        located = list(pool.map(localize, boxes))
+        classified = list(pool.map(classify, images))
+
+    for (code, body), box in zip(located, boxes, strict=True):
+        assert code == 200, body
+        assert [box_tuple(b) for b in body["boxes"]] == [box]
+    local = Synthesis8Predictor.from_artifact(stack.artifacts["synthesis8"]).predict(images)
+    for (code, body), expected in zip(classified, local, strict=True):
+        assert code == 200, body
+        assert body["class_id"] == expected["class_id"]
+        for name, p in expected["probabilities"].items():
+            assert body["probabilities"][name] == pytest.approx(p, abs=1e-3)
+
+    log = stack.model_log()[before:]
+    for model in ("manipulation_density", "synthesis8"):
+        sizes = batch_sizes(log, model)
+        assert sum(sizes) == 32, sizes
+        assert max(sizes) > 1, f"{model} never batched: {sizes}"
+
+
+def _worker_pid(stack, model: str) -> int:
+    info = requests.get(f"{stack.management_url}/models/{model}", timeout=10).json()
+    (worker,) = info[0]["workers"]
+    assert worker["status"] == "READY"
+    return worker["pid"]
+
+
+def test_bad_items_get_their_own_4xx_and_the_batch_survives(stack):
+    pid = _worker_pid(stack, "manipulation_density")
+    good = png(rect_image())
+    truncated = good[: len(good) // 2]
+    cases = [
+        ("good", {"files": {"image": good}}, 200, None),
+        ("empty", {"data": b""}, 400, "empty"),
+        ("text", {"files": {"image": ("notes.txt", b"hello, not an image", "text/plain")}}, 400,
+         "not a recognised image"),
+        ("truncated", {"files": {"image": ("t.png", truncated)}}, 400, "truncated"),
+        ("nan thr", {"files": {"image": good}, "data": {"thr": "nan"}}, 400, "thr must be"),
+        ("negative thr", {"files": {"image": good}, "data": {"thr": "-0.1"}}, 400, "thr must be"),
+        ("thr above 1", {"files": {"image": good}, "data": {"thr": "1.5"}}, 400, "thr must be"),
+        ("text thr", {"files": {"image": good}, "data": {"thr": "high"}}, 400, "thr must be"),
+        ("fraction area", {"files": {"image": good}, "data": {"min_area": "2.5"}}, 400,
+         "min_area must be"),
+        ("negative area", {"files": {"image": good}, "data": {"min_area": "-3"}}, 400,
+         "min_area must be"),
+        ("unknown field", {"files": {"image": good}, "data": {"treshold": "0.3"}}, 400,
+         "unknown field"),
+    ] + [(f"good {i}", {"files": {"image": good}}, 200, None) for i in range(5)]  # fmt: skip
+
+    def send(case):
+        _, kwargs, _, _ = case
+        return requests.post(f"{stack.base_url}/detect/manipulation_density", timeout=60, **kwargs)
+
+    before = len(stack.model_log())
+    with ThreadPoolExecutor(max_workers=len(cases)) as pool:
+        responses = list(pool.map(send, cases))
+    for (name, _, status, text), r in zip(cases, responses, strict=True):
+        assert r.status_code == status, (name, r.text)
+        if text:
+            assert text in r.json()["error"], (name, r.text)
+        else:
+            assert r.json()["count"] == 1
+    assert max(batch_sizes(stack.model_log()[before:], "manipulation_density")) > 1
+    assert _worker_pid(stack, "manipulation_density") == pid  # the same worker, still READY
+
+
+def test_nginx_limits_body_size(stack):
+    r = requests.post(f"{stack.base_url}/detect/synthesis8", data=b"\0" * (51 * 2**20), timeout=60)
+    assert r.status_code == 413
+
+
+def test_ping_metrics_and_web_root(stack):
+    assert requests.get(f"{stack.base_url}/ping", timeout=10).json()["status"] == "Healthy"
+    metrics = requests.get(f"{stack.metrics_url}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "ts_inference_requests_total" in metrics.text
+    assert requests.get(f"{stack.base_url}/", timeout=10).status_code in (200, 403, 404)
+
+
+def test_workers_import_the_archived_package(stack):
+    lines = re.findall(r"(\w+) ready: .*medfakedet_dirs=(\[.*\])", stack.model_log())
+    assert {m for m, _ in lines} == {"synthesis8", "manipulation_density"}
+    for _, dirs in lines:
+        for d in json.loads(dirs.replace("'", '"')):
+            assert not Path(d).is_relative_to(REPO), f"worker imported the source tree: {d}"
+
+
+def _refused(r: requests.Response) -> bool:
+    """TorchServe 0.12 refuses a missing or wrong token with 400 (not 401) and this message."""
+    return r.status_code in (400, 401) and "Token Authorization failed" in r.text
+
+
+def test_token_authorization_in_production_config(token_stack):
+    url = f"{token_stack.inference_url}/predictions/synthesis8"
+    keys = token_stack.stack.keys()
+    assert {"inference", "management"} <= set(keys)
+    data = png(rect_image())
+    assert _refused(requests.post(url, data=data, timeout=60))
+    wrong = {"Authorization": "Bearer not-the-key"}
+    assert _refused(requests.post(url, data=data, headers=wrong, timeout=60))
+    mkey = {"Authorization": f"Bearer {keys['management']}"}
+    assert _refused(requests.post(url, data=data, headers=mkey, timeout=60))
+    ok = {"Authorization": f"Bearer {keys['inference']}"}
+    r = requests.post(url, data=data, headers=ok, timeout=60)
+    assert r.status_code == 200, r.text
+    check_synthesis8(r.json())
+    mgmt = f"{token_stack.management_url}/models/synthesis8"
+    assert _refused(requests.get(mgmt, timeout=10))
+    assert requests.get(mgmt, headers=mkey, timeout=10).status_code == 200

@@ -1,0 +1,186 @@
+"""Predictors over small random-weight artifacts: schemas, batching, per-item errors, Grad-CAM,
+box coordinates, and that the archived package imports without the source tree."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medfakedet.artifacts import ArtifactError, save_artifact
+from medfakedet.deploy import stage_archive_files
+from medfakedet.imaging import decode_image, encode_png
+from medfakedet.labels import CLASS_NAMES
+from medfakedet.models import build_classifier
+from medfakedet.predictors import (
+    DensityParams,
+    DensityPredictor,
+    PredictionError,
+    Synthesis8Predictor,
+    select_device,
+)
+from medfakedet.preprocess import CLASSIFIER_PREPROCESS, LOCALIZER_PREPROCESS
+
+
+@pytest.fixture(scope="module")
+def s8_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_artifact(
+        tmp_path_factory.mktemp("s8"),
+        build_classifier(),
+        task="synthesis8",
+        arch="resnet18",
+        preprocess=CLASSIFIER_PREPROCESS,
+        calibration={"temperature": 2.0},
+        version="7.1",
+    )
+
+
+@pytest.fixture(scope="module")
+def density_dir(tmp_path_factory):
+    """A localizer whose density is sigmoid(40 (x - 0.5)): bright pixels are 'manipulated'."""
+    spec = importlib.util.spec_from_file_location(
+        "serving_conftest", Path(__file__).parent / "integration" / "conftest.py"
+    )
+    helpers = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = helpers  # its dataclasses look their module up
+    spec.loader.exec_module(helpers)
+    return save_artifact(
+        tmp_path_factory.mktemp("md"),
+        helpers.bright_region_localizer(),
+        task="manipulation_density",
+        arch="unet_density",
+        preprocess=LOCALIZER_PREPROCESS,
+        calibration={"presence_threshold": 0.5, "box_threshold": 0.28, "min_area": 20},
+        version="3.0",
+    )
+
+
+def rect_png(size: int, box: tuple[int, int, int, int]) -> bytes:
+    img = np.full((size, size), 0.1, np.float32)
+    x1, y1, x2, y2 = box
+    img[y1:y2, x1:x2] = 0.9
+    return encode_png(img)
+
+
+def test_synthesis8_batch_schema_errors_and_temperature(s8_dir):
+    p = Synthesis8Predictor.from_artifact(s8_dir)
+    rng = np.random.default_rng(0)
+    good = [encode_png(rng.random((50 + 10 * i, 70), dtype=np.float32)) for i in range(3)]
+    results = p.predict([good[0], b"", good[1], b"not an image", good[2]])
+    assert [type(r).__name__ for r in results] == ["dict", "PredictionError"] * 2 + ["dict"]
+    assert results[1].status == 400 and "empty" in results[1].message
+    assert results[3].status == 400 and "not a recognised image" in results[3].message
+    r = results[0]
+    assert list(r["probabilities"]) == list(CLASS_NAMES)
+    assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert r["model_version"] == "7.1" and r["class_name"] == CLASS_NAMES[r["class_id"]]
+    # batched == one at a time, and the temperature (2.0) is applied
+    alone = p.predict([good[2]])[0]
+    assert alone["probabilities"] == pytest.approx(results[4]["probabilities"], abs=1e-5)
+    x = p._inputs([decode_image(good[0])])
+    with torch.no_grad():
+        expected = torch.softmax(p.model(x) / 2.0, dim=1)[0].numpy()
+    assert list(r["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_gradcam_explanation(s8_dir):
+    p = Synthesis8Predictor.from_artifact(s8_dir)
+    img = rect_png(96, (10, 10, 50, 60))
+    explained, plain = p.answer([img, img], [True, False])
+    assert explained["class_id"] == plain["class_id"]
+    assert explained["explanation"] == {
+        "method": "grad-cam",
+        "layer": "layer4",
+        "target_class": plain["class_name"],
+    }
+    heat = Image.open(io.BytesIO(base64.b64decode(explained["heatmap_png"])))
+    assert (heat.size, heat.mode) == ((96, 96), "RGB")
+    assert "heatmap_png" not in plain
+    assert isinstance(p.explain([b""])[0], PredictionError)
+
+
+def test_density_boxes_in_uploaded_coordinates_with_per_item_params(density_dir):
+    p = DensityPredictor.from_artifact(density_dir)
+    assert p.defaults == DensityParams(0.28, 20, False) and p.max_area == 128 * 128
+    small = rect_png(128, (40, 32, 80, 64))
+    large = rect_png(512, (160, 128, 320, 256))
+    wide = encode_png(np.kron(decode_image(small).pixels[..., 0], np.ones((1, 3), np.float32)))
+    plain = encode_png(np.full((64, 64), 0.2, np.float32))
+    results = p.predict(
+        [small, large, wide, plain, b"\x89PNG\r\n\x1a\n"],
+        [None, DensityParams(0.5, 0, True), None, None, None],
+    )
+    boxes = [[(b["x1"], b["y1"], b["x2"], b["y2"]) for b in r["boxes"]] for r in results[:4]]
+    assert boxes[0] == [(40, 32, 80, 64)]
+    assert boxes[1] == [(160, 128, 320, 256)]
+    assert boxes[2] == [(120, 32, 240, 64)]  # x scaled by 3, y unchanged
+    assert boxes[3] == []
+    assert results[0]["is_manipulated"] and not results[3]["is_manipulated"]
+    assert "No manipulation detected" in results[3]["message"]
+    assert results[1]["threshold"] == 0.5 and results[1]["min_area"] == 0
+    assert results[0]["image_size"] == {"width": 128, "height": 128}
+    density = Image.open(io.BytesIO(base64.b64decode(results[1]["density_png"])))
+    assert (density.size, density.mode) == ((128, 128), "L")
+    assert np.asarray(density)[40, 50] == 255 and np.asarray(density)[5, 5] == 0
+    assert "density_png" not in results[0]
+    assert isinstance(results[4], PredictionError) and results[4].status == 400
+
+
+def test_min_area_is_counted_on_the_model_grid(density_dir):
+    p = DensityPredictor.from_artifact(density_dir)
+    tiny = rect_png(512, (0, 0, 16, 16))  # 16x16 px uploaded = 4x4 = 16 model pixels
+    assert p.predict([tiny], [DensityParams(0.28, 16, False)])[0]["count"] == 1
+    result = p.predict([tiny], [DensityParams(0.28, 17, False)])[0]
+    assert result["count"] == 0 and "lower thr or min_area" in result["message"]
+
+
+def test_bad_params_and_artifacts(s8_dir, density_dir):
+    for bad in (dict(threshold=float("nan")), dict(threshold=1.2), dict(min_area=-1)):
+        with pytest.raises(ValueError):
+            DensityParams(**bad)
+    with pytest.raises(ArtifactError, match="needs a manipulation_density artifact"):
+        DensityPredictor.from_artifact(s8_dir)
+    with pytest.raises(ValueError, match="2 items but 1 params"):
+        DensityPredictor.from_artifact(density_dir).predict([b"", b""], [None])
+
+
+def test_select_device_falls_back_to_cpu():
+    assert select_device(None).type == "cpu"
+    if not torch.cuda.is_available():
+        assert select_device(0).type == "cpu"
+
+
+def test_warmup_runs(s8_dir, density_dir):
+    Synthesis8Predictor.from_artifact(s8_dir).warmup()
+    DensityPredictor.from_artifact(density_dir).warmup()
+
+
+def test_archive_files_import_without_the_source_tree(s8_dir, tmp_path):
+    """What goes into the .mar is enough: import it with the editable install switched off."""
+    stage = stage_archive_files(s8_dir, tmp_path / "stage")
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+        sys.path.insert(0, {str(stage)!r})
+        from medfakedet.predictors import Synthesis8Predictor, package_dirs
+        import medfakedet.requests
+        p = Synthesis8Predictor.from_artifact({str(stage)!r})
+        p.warmup()
+        assert package_dirs() == [{str(stage / "medfakedet")!r}], package_dirs()
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
