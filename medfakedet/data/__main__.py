@@ -1,0 +1,80 @@
+"""``python -m medfakedet.data build|check``: build the synthetic datasets, or check a folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .builder import build_datasets
+
+    summary = build_datasets(
+        args.out,
+        real_dir=args.real_dir,
+        per_class=args.per_class,
+        inpaint=args.inpaint,
+        size=args.size,
+        seed=args.seed,
+        progress=not args.quiet,
+        workers=args.workers,
+        fake_time_budget_s=args.fake_budget,
+    )
+    counts = summary["counts"]
+    print(
+        f"built {sum(counts['medfake'].values())} MedFake images "
+        f"({', '.join(f'{k} {v}' for k, v in counts['medfake'].items())}) and "
+        f"{counts['inpaint_images']} MedFakeInpaint images "
+        f"({counts['inpaint_manipulated']} manipulated) in {args.out}"
+    )
+    if summary["unreadable_real_files"]:
+        print(f"skipped {len(summary['unreadable_real_files'])} unreadable real files")
+    print(f"time taken: {summary['seconds']:.1f} s with {summary['args']['workers']} worker(s)")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check import check_dataset
+
+    report = check_dataset(args.dir)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (1 when check finds problems)."""
+    from .builder import DEFAULT_INPAINT, DEFAULT_PER_CLASS, DEFAULT_SEED, DEFAULT_SIZE
+
+    parser = argparse.ArgumentParser(prog="python -m medfakedet.data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="write MedFake and MedFakeInpaint (synthetic) to --out")
+    b.add_argument("--out", required=True, help="output folder (a previous build is replaced)")
+    b.add_argument(
+        "--real-dir",
+        default=None,
+        help="folder with brain/ chest/ kidney/ lung/ real scans to use instead of phantoms",
+    )
+    b.add_argument("--per-class", type=int, default=DEFAULT_PER_CLASS, help="images per class")
+    b.add_argument("--inpaint", type=int, default=DEFAULT_INPAINT, help="MedFakeInpaint images")
+    b.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image side in pixels")
+    b.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    b.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    b.add_argument(
+        "--fake-budget",
+        type=float,
+        default=None,
+        help="limit on fake-generator training seconds per organ (default: none, train to the "
+        "step caps, byte-identical output; a limit that triggers makes output machine-dependent)",
+    )
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=_build)
+    c = sub.add_parser("check", help="validate a dataset folder; exit 1 on problems")
+    c.add_argument("dir", help="MedFake folder, MedFakeInpaint folder, or a build's --out")
+    c.set_defaults(func=_check)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
