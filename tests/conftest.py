@@ -1,0 +1,61 @@
+"""Shared session fixtures: a small built dataset and models trained on it for real.
+
+``built_dataset``: ``build_datasets`` into a temporary folder (MedFake 40 per class, 300
+MedFakeInpaint images, 128 px, seed 42). ``trained_artifacts``: synthesis8 and the density
+localizer trained on it with the ``quick`` presets (training/configs/*_quick.yaml). Both are
+built once per test session, seeded and deterministic; the first test that asks pays for them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+#: Size of the test dataset: big enough for stable test-split numbers, small enough to build
+#: and train in a few CPU minutes.
+TEST_BUILD = {"per_class": 40, "inpaint": 300, "size": 128, "seed": 42}
+
+
+@pytest.fixture(scope="session")
+def built_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder holding ``medfake/`` and ``medfakeinpaint/`` (the builder's output layout)."""
+    from medfakedet.data.builder import build_datasets
+
+    out = tmp_path_factory.mktemp("built_dataset")
+    # fake_time_budget_s=0: the fakes stop at their step caps, so the build is deterministic
+    # (and quick) however loaded the machine is.
+    build_datasets(out, progress=False, contact_sheet=False, fake_time_budget_s=0.0, **TEST_BUILD)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_artifacts(built_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``{"data": Path, "synthesis8": Path, "manipulation_density": Path, "seconds": {...}}``.
+
+    The two artifact folders are complete medfakedet artifacts (model.safetensors +
+    artifact.json, calibrated on the validation split).
+    """
+    from training.common import load_yaml_config, preset_path
+    from training.train_localizer import LocalizerConfig
+    from training.train_localizer import train as train_localizer
+    from training.train_synthesis8 import Synthesis8Config
+    from training.train_synthesis8 import train as train_synthesis8
+
+    out = tmp_path_factory.mktemp("trained_artifacts")
+    seconds = {}
+    start = time.monotonic()
+    s8_cfg = load_yaml_config(Synthesis8Config, preset_path("quick", "synthesis8"))
+    s8 = train_synthesis8(s8_cfg, built_dataset, out / "synthesis8", show_progress=False)
+    seconds["synthesis8"] = time.monotonic() - start
+    start = time.monotonic()
+    loc_cfg = load_yaml_config(LocalizerConfig, preset_path("quick", "localizer"))
+    loc = train_localizer(loc_cfg, built_dataset, out / "manipulation_density", show_progress=False)
+    seconds["manipulation_density"] = time.monotonic() - start
+    return {
+        "data": built_dataset,
+        "synthesis8": s8,
+        "manipulation_density": loc,
+        "seconds": seconds,
+    }

@@ -1,0 +1,258 @@
+"""Training for real on the small built set (conftest fixtures), config handling, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medfakedet.artifacts import load_artifact, read_meta
+from training.common import (
+    CONFIG_DIR,
+    load_yaml_config,
+    optimizer_from_safetensors,
+    optimizer_to_safetensors,
+    parse_set,
+    preset_path,
+    recalibrate_batchnorm,
+)
+from training.evaluate import (
+    compute_localizer_metrics,
+    compute_synthesis8_metrics,
+    open_dataset,
+    predict_localizer,
+    predict_synthesis8,
+)
+from training.train_localizer import (
+    LocalizerConfig,
+    random_crops,
+    total_variation,
+)
+from training.train_localizer import (
+    parse_args as parse_localizer_args,
+)
+from training.train_synthesis8 import Synthesis8Config
+from training.train_synthesis8 import parse_args as parse_s8_args
+from training.train_synthesis8 import train as train_synthesis8
+
+# ----------------------------------------------------------------------------------------------
+# configs
+
+
+def test_paper_presets_follow_the_paper():
+    s8 = load_yaml_config(Synthesis8Config, CONFIG_DIR / "synthesis8.yaml")
+    assert (s8.arch, s8.size, s8.lr, s8.batch_size, s8.epochs) == ("resnet18", 128, 1e-4, 32, 15)
+    assert s8.split_mode == "paper" and s8.seed == 42 and s8.augment
+    loc = load_yaml_config(LocalizerConfig, CONFIG_DIR / "localizer.yaml")
+    assert (loc.arch, loc.size, loc.lr, loc.weight_decay) == ("unet_density", 128, 1e-3, 1e-4)
+    assert (loc.batch_size, loc.epochs, loc.tv_weight, loc.min_area) == (16, 100, 0.05, 20)
+    assert loc.crop_size is None and loc.split_mode == "json"
+    # Every dataclass field is spelled out in the paper YAMLs (nothing silently defaulted).
+    for cls, name in ((Synthesis8Config, "synthesis8.yaml"), (LocalizerConfig, "localizer.yaml")):
+        import yaml
+
+        keys = set(yaml.safe_load((CONFIG_DIR / name).read_text()))
+        assert keys == set(cls.__dataclass_fields__), name
+
+
+@pytest.mark.parametrize("preset", ["paper", "embedded", "quick"])
+def test_presets_load(preset):
+    load_yaml_config(Synthesis8Config, preset_path(preset, "synthesis8")).validate()
+    load_yaml_config(LocalizerConfig, preset_path(preset, "localizer")).validate()
+
+
+def test_cli_flags_and_set_override_the_yaml():
+    args, cfg = parse_s8_args(
+        ["--data", "d", "--out", "o", "--epochs", "3", "--batch-size", "16", "--lr", "0.01",
+         "--size", "64", "--split-mode", "group", "--max-minutes", "1.5",
+         "--set", "augment=false", "--set", "max_train_per_class=7", "--set", "lr=0.02"]
+    )  # fmt: skip
+    assert (cfg.epochs, cfg.batch_size, cfg.size, cfg.split_mode) == (3, 16, 64, "group")
+    assert cfg.max_minutes == 1.5 and cfg.augment is False and cfg.max_train_per_class == 7
+    assert cfg.lr == 0.02  # --set is applied last
+    assert not args.resume
+    _, cfg = parse_localizer_args(
+        ["--data", "d", "--out", "o", "--config", "embedded", "--arch", "smp_unet:resnet18",
+         "--set", "crop_size=none", "--resume"]
+    )  # fmt: skip
+    assert cfg.arch == "smp_unet:resnet18" and cfg.crop_size is None
+    assert parse_set(["a=1", "b-c = x=y"]) == {"a": "1", "b_c": "x=y"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--set", "epoch=3"], "unknown config key(s) epoch"),
+        (["--set", "epochs=three"], "expects int"),
+        (["--set", "augment=maybe"], "expects bool"),
+        (["--set", "noequals"], "key=value"),
+        (["--split-mode", "random"], "split_mode must be 'paper' or 'group'"),
+        (["--config", "nope"], "no preset 'nope'"),
+    ],
+)
+def test_bad_config_says_what_is_accepted(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_s8_args(["--data", "d", "--out", "o", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_localizer_config_checks_sizes():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        LocalizerConfig(arch="smp_unet:resnet18", crop_size=48).validate()
+    with pytest.raises(ValueError, match="exceeds size"):
+        LocalizerConfig(crop_size=256).validate()
+    assert LocalizerConfig(size=256).scaled_min_area() == 80
+    assert LocalizerConfig().scaled_min_area() == 20
+
+
+# ----------------------------------------------------------------------------------------------
+# pieces
+
+
+def test_random_crops_share_one_window_per_sample():
+    x = torch.arange(2 * 16 * 16, dtype=torch.float32).view(2, 1, 16, 16)
+    a, b = random_crops((x, x * 2), 8, torch.Generator().manual_seed(0))
+    assert a.shape == (2, 1, 8, 8) and torch.equal(b, a * 2)
+    again, _ = random_crops((x, x), 8, torch.Generator().manual_seed(0))
+    assert torch.equal(a, again)
+
+
+def test_total_variation_by_hand():
+    assert total_variation(torch.ones(1, 1, 4, 4)).item() == 0.0
+    stripes = torch.tensor([[0.0, 1.0, 0.0, 1.0]]).repeat(4, 1).view(1, 1, 4, 4)
+    assert total_variation(stripes).item() == pytest.approx(1.0)  # vertical 0 + horizontal 1
+
+
+def test_optimizer_state_round_trips_without_pickle():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tensors, meta = optimizer_to_safetensors(opt)
+    json.dumps(meta)  # the non-tensor part is plain JSON
+    opt2 = torch.optim.AdamW(model.parameters(), lr=5.0)
+    optimizer_from_safetensors(opt2, tensors, meta)
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s2["param_groups"][0]["lr"] == 1e-3
+    for pid in s1["state"]:
+        for key, value in s1["state"][pid].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(s2["state"][pid][key]))
+
+
+def test_batchnorm_recalibration_uses_exact_averages():
+    bn = torch.nn.BatchNorm1d(2)
+    data = [torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([[5.0, 2.0], [7.0, 2.0]])]
+    recalibrate_batchnorm(bn, data, torch.device("cpu"))
+    assert bn.running_mean.tolist() == pytest.approx([4.0, 1.0])
+    assert bn.momentum == 0.1 and bn.training
+
+
+# ----------------------------------------------------------------------------------------------
+# real training (session fixture: the quick presets on the small built set)
+
+
+@pytest.mark.slow
+def test_synthesis8_reaches_acceptance(trained_artifacts):
+    art_dir = trained_artifacts["synthesis8"]
+    artifact = load_artifact(art_dir)
+    assert artifact.task == "synthesis8" and artifact.arch == "resnet18"
+    assert artifact.preprocess.size == 128 and artifact.preprocess.channels == 3
+    temperature = artifact.calibration["temperature"]
+    assert 0.05 < temperature < 20
+    # The resolved config is saved twice: in the artifact and as config.json.
+    config = json.loads((art_dir / "config.json").read_text())
+    assert artifact.training["config"] == config and config["task"] == "synthesis8"
+    assert artifact.training["epochs_run"] == config["epochs"]
+    dataset, _ = open_dataset(artifact, trained_artifacts["data"], "test")
+    p = predict_synthesis8(artifact.model, dataset, torch.device("cpu"))
+    m = compute_synthesis8_metrics(p["logits"], p["labels"], temperature)
+    assert m["n"] == 48
+    assert m["macro_f1"] >= 0.95, m["confusion_matrix"]
+    assert m["real_vs_fake"]["roc_auc"] >= 0.95
+    assert m["calibration"]["nll_after"] <= m["calibration"]["nll_before"] + 0.05
+
+
+@pytest.mark.slow
+def test_localizer_reaches_acceptance(trained_artifacts):
+    art_dir = trained_artifacts["manipulation_density"]
+    artifact = load_artifact(art_dir)
+    cal = artifact.calibration
+    assert artifact.task == "manipulation_density" and artifact.arch == "unet_density"
+    assert 0 < cal["presence_threshold"] < 1 and 0 < cal["box_threshold"] < 1
+    assert cal["min_area"] == 20
+    dataset, _ = open_dataset(artifact, trained_artifacts["data"], "test")
+    pred = predict_localizer(artifact.model, dataset, torch.device("cpu"))
+    m = compute_localizer_metrics(
+        pred, cal["presence_threshold"], cal["box_threshold"], cal["min_area"]
+    )
+    assert m["n"] == len(dataset) > 0 and 0 < m["n_manipulated"] < m["n"]
+    assert m["presence"]["f1"] >= 0.95, m["presence"]
+    assert m["boxes"]["iou_0.5"]["f1"] >= 0.8, m["boxes"]
+    assert (art_dir / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_checkpoints_are_safetensors_and_json_only(trained_artifacts):
+    for task in ("synthesis8", "manipulation_density"):
+        ckpt = trained_artifacts[task] / "checkpoint"
+        names = sorted(p.name for p in ckpt.iterdir())
+        assert names == [
+            "best.safetensors",
+            "last.safetensors",
+            "optimizer.safetensors",
+            "state.json",
+        ]
+        state = json.loads((ckpt / "state.json").read_text())
+        assert state["state"]["epoch"] == state["config"]["epochs"]
+        # The artifact holds the best epoch's weights.
+        best = load_file(str(ckpt / "best.safetensors"))
+        final = load_file(str(trained_artifacts[task] / "model.safetensors"))
+        assert best.keys() == final.keys()
+        assert all(torch.equal(best[k], final[k]) for k in best)
+        assert read_meta(trained_artifacts[task])["training"]["best_epoch"] >= 1
+
+
+TINY = {"max_train_per_class": 3, "bn_recalibration_images": 16, "batch_size": 8, "lr": 1e-3}
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(built_dataset, tmp_path):
+    cfg = Synthesis8Config(epochs=2, **TINY)
+    straight = train_synthesis8(cfg, built_dataset, tmp_path / "straight", show_progress=False)
+    half = Synthesis8Config(epochs=1, **TINY)
+    resumed_dir = tmp_path / "resumed"
+    train_synthesis8(half, built_dataset, resumed_dir, show_progress=False)
+    assert read_meta(resumed_dir)["training"]["epochs_run"] == 1
+    train_synthesis8(cfg, built_dataset, resumed_dir, resume=True, show_progress=False)
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(resumed_dir / "model.safetensors"))
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    meta_a, meta_b = read_meta(straight), read_meta(resumed_dir)
+    hist_a = [h["val_loss"] for h in meta_a["training"]["history"]]
+    hist_b = [h["val_loss"] for h in meta_b["training"]["history"]]
+    assert np.allclose(hist_a, hist_b, atol=1e-5) and len(hist_b) == 2
+    assert meta_a["calibration"]["temperature"] == pytest.approx(
+        meta_b["calibration"]["temperature"], rel=1e-4
+    )
+
+
+@pytest.mark.slow
+def test_resume_needs_a_checkpoint_and_the_same_arch(built_dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_synthesis8(Synthesis8Config(epochs=1, **TINY), built_dataset, tmp_path / "x",
+                         resume=True, show_progress=False)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_max_minutes_stops_gracefully(built_dataset, tmp_path):
+    cfg = Synthesis8Config(epochs=50, max_minutes=1e-4, **TINY)
+    out = train_synthesis8(cfg, built_dataset, tmp_path / "capped", show_progress=False)
+    meta = read_meta(out)
+    assert meta["training"]["stopped_early"] is True
+    assert meta["training"]["epochs_run"] == 1
+    assert meta["training"]["history"][0]["partial"] is True
+    load_artifact(out)  # a complete, loadable artifact
