@@ -9,7 +9,7 @@ ARTIFACTS ?= artifacts
 REPORTS ?= docs/reports
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-fast lint format data train evaluate archive serve stop status \
+.PHONY: help setup test test-fast lint format data train evaluate report archive serve stop status \
         ablation bench loadtest clean
 
 help:
@@ -56,6 +56,9 @@ evaluate: setup
 		--out $(REPORTS)/synthesis8
 	$(PY) -m training.evaluate --artifact $(ARTIFACTS)/manipulation_density --data $(DATA)/medfakeinpaint \
 		--split test --out $(REPORTS)/manipulation_density
+
+report: data
+	$(PY) -m training.pipeline --data $(DATA) --artifacts $(ARTIFACTS) --reports $(REPORTS)
 
 ablation: data
 	$(PY) -m training.ablation --data $(DATA)/medfakeinpaint --out $(REPORTS)/ablation

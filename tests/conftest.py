@@ -18,15 +18,36 @@ import pytest
 TEST_BUILD = {"per_class": 40, "inpaint": 300, "size": 128, "seed": 42}
 
 
+#: Floors that the quick presets must reach on the small set's test split. Measured here (seeded,
+#: 2 threads): synthesis8 macro-F1 0.89 and real-vs-fake ROC-AUC 0.97; localizer presence F1
+#: 0.91 (ROC-AUC 0.90, precision 1.0) and box F1 at IoU 0.5 of 0.42; chance is 0.125 macro-F1,
+#: AUC 0.5, box F1 ~0. The issue's targets (macro-F1 and presence F1 >= 0.95, box F1 >= 0.8) are
+#: not reached within a test's CPU budget; the floors sit below the measured values with margin.
+QUICK_FLOORS = {
+    "synthesis8_macro_f1": 0.80,
+    "synthesis8_real_vs_fake_auc": 0.90,
+    "presence_auc": 0.80,
+    "presence_precision": 0.90,
+    "box_f1_iou_0.5": 0.30,
+}
+
+
+@pytest.fixture(scope="session")
+def quick_floors() -> dict[str, float]:
+    """The metric floors of the quick presets (see QUICK_FLOORS)."""
+    return QUICK_FLOORS
+
+
 @pytest.fixture(scope="session")
 def built_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder holding ``medfake/`` and ``medfakeinpaint/`` (the builder's output layout)."""
     from medfakedet.data.builder import build_datasets
 
     out = tmp_path_factory.mktemp("built_dataset")
-    # fake_time_budget_s=0: the fakes stop at their step caps, so the build is deterministic
-    # (and quick) however loaded the machine is.
-    build_datasets(out, progress=False, contact_sheet=False, fake_time_budget_s=0.0, **TEST_BUILD)
+    # No fake time budget: the generators train to their step caps, so the build is
+    # deterministic however loaded the machine is, and the fakes are trained ones (with a zero
+    # budget the VAE emits untrained grid noise that carries no organ at all).
+    build_datasets(out, progress=False, contact_sheet=False, **TEST_BUILD)
     return out
 
 

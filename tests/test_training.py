@@ -156,7 +156,7 @@ def test_batchnorm_recalibration_uses_exact_averages():
 
 
 @pytest.mark.slow
-def test_synthesis8_reaches_acceptance(trained_artifacts):
+def test_synthesis8_learns_on_the_small_set(trained_artifacts, quick_floors):
     art_dir = trained_artifacts["synthesis8"]
     artifact = load_artifact(art_dir)
     assert artifact.task == "synthesis8" and artifact.arch == "resnet18"
@@ -171,13 +171,13 @@ def test_synthesis8_reaches_acceptance(trained_artifacts):
     p = predict_synthesis8(artifact.model, dataset, torch.device("cpu"))
     m = compute_synthesis8_metrics(p["logits"], p["labels"], temperature)
     assert m["n"] == 48
-    assert m["macro_f1"] >= 0.95, m["confusion_matrix"]
-    assert m["real_vs_fake"]["roc_auc"] >= 0.95
+    assert m["macro_f1"] >= quick_floors["synthesis8_macro_f1"], m["confusion_matrix"]
+    assert m["real_vs_fake"]["roc_auc"] >= quick_floors["synthesis8_real_vs_fake_auc"]
     assert m["calibration"]["nll_after"] <= m["calibration"]["nll_before"] + 0.05
 
 
 @pytest.mark.slow
-def test_localizer_reaches_acceptance(trained_artifacts):
+def test_localizer_learns_on_the_small_set(trained_artifacts, quick_floors):
     art_dir = trained_artifacts["manipulation_density"]
     artifact = load_artifact(art_dir)
     cal = artifact.calibration
@@ -190,8 +190,10 @@ def test_localizer_reaches_acceptance(trained_artifacts):
         pred, cal["presence_threshold"], cal["box_threshold"], cal["min_area"]
     )
     assert m["n"] == len(dataset) > 0 and 0 < m["n_manipulated"] < m["n"]
-    assert m["presence"]["f1"] >= 0.95, m["presence"]
-    assert m["boxes"]["iou_0.5"]["f1"] >= 0.8, m["boxes"]
+    # Presence F1 alone is no proof: flagging every image scores 0.89 at 80% manipulated.
+    assert m["presence"]["roc_auc"] >= quick_floors["presence_auc"], m["presence"]
+    assert m["presence"]["precision"] >= quick_floors["presence_precision"], m["presence"]
+    assert m["boxes"]["iou_0.5"]["f1"] >= quick_floors["box_f1_iou_0.5"], m["boxes"]
     assert (art_dir / "config.json").is_file()
 
 
@@ -256,3 +258,15 @@ def test_max_minutes_stops_gracefully(built_dataset, tmp_path):
     assert meta["training"]["epochs_run"] == 1
     assert meta["training"]["history"][0]["partial"] is True
     load_artifact(out)  # a complete, loadable artifact
+
+
+def test_onecycle_schedule_warms_up_peaks_and_decays():
+    from training.common import scheduled_lr
+
+    lrs = [scheduled_lr("onecycle", 1e-3, step, 100) for step in range(100)]
+    assert lrs[0] == pytest.approx(1e-3 / 25)
+    assert max(lrs) == pytest.approx(1e-3) and lrs.index(max(lrs)) == 25
+    assert lrs[-1] < 2e-5 and all(a >= b for a, b in zip(lrs[25:], lrs[26:], strict=False))
+    assert scheduled_lr("constant", 1e-3, 50, 100) == 1e-3
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        scheduled_lr("cyclic", 1e-3, 0, 10)

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import random
@@ -412,6 +413,56 @@ def recalibrate_batchnorm(
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     model.train(was_training)
+
+
+LR_SCHEDULES = ("constant", "onecycle")
+
+
+def scheduled_lr(schedule: str, base_lr: float, step: int, total_steps: int) -> float:
+    """Learning rate at ``step`` of ``total_steps``.
+
+    ``onecycle``: linear warm-up from base/25 over the first 25% of steps, then cosine decay to
+    base/1000 -- from-scratch networks converge in far fewer CPU steps than at a constant rate.
+    A pure function of the step, so a resumed run continues on exactly the same curve.
+    """
+    if schedule == "constant" or total_steps <= 0:
+        return base_lr
+    if schedule != "onecycle":
+        raise ValueError(f"unknown lr_schedule {schedule!r}; expected one of {LR_SCHEDULES}")
+    warm = max(1, int(0.25 * total_steps))
+    if step < warm:
+        return base_lr * (1 / 25 + (1 - 1 / 25) * step / warm)
+    t = min(1.0, (step - warm) / max(1, total_steps - warm))
+    low = base_lr / 1000
+    return low + (base_lr - low) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+class LrScheduler:
+    """Sets the optimizer's learning rate before every step from :func:`scheduled_lr`.
+
+    ``start_epoch(e)`` puts the step counter at the start of epoch ``e`` (also after a resume).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        schedule: str,
+        base_lr: float,
+        steps_per_epoch: int,
+        epochs: int,
+    ) -> None:
+        self.optimizer, self.schedule, self.base_lr = optimizer, schedule, base_lr
+        self.steps_per_epoch, self.total = steps_per_epoch, steps_per_epoch * epochs
+        self.step_index = 0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.step_index = epoch * self.steps_per_epoch
+
+    def step(self) -> None:
+        lr = scheduled_lr(self.schedule, self.base_lr, self.step_index, self.total)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.step_index += 1
 
 
 def fixed_subset(n_total: int, n: int, seed: int) -> list[int]:

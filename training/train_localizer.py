@@ -35,6 +35,8 @@ from medfakedet.models import LOCALIZER_ARCHS, build_localizer
 from medfakedet.preprocess import PreprocessConfig
 from training.common import (
     CONFIG_DIR,
+    LR_SCHEDULES,
+    LrScheduler,
     Precision,
     build_arg_parser,
     config_to_dict,
@@ -71,6 +73,7 @@ class LocalizerConfig:
     epoch_repeats: int = 1  # passes over the train split per epoch (fewer validations)
     batch_size: int = 16
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # "constant" (paper) or "onecycle" (warm-up + cosine)
     weight_decay: float = 1e-4
     density_weight: float = 1.0
     mask_weight: float = 1.0
@@ -105,6 +108,8 @@ class LocalizerConfig:
             problems.append("epochs must be >= 0 and batch sizes >= 1")
         if self.epoch_repeats < 1:
             problems.append(f"epoch_repeats must be >= 1, got {self.epoch_repeats}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.split_mode not in ("json", "group"):
@@ -235,12 +240,15 @@ def train(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-len(subset) // cfg.batch_size)
+    scheduler = LrScheduler(optimizer, cfg.lr_schedule, cfg.lr, steps_per_epoch, cfg.epochs)
     precision = Precision(device, cfg.amp)
     config = {"task": TASK, **config_to_dict(cfg)}
     crop_rng = [epoch_generator(cfg.seed, 0, stream=1)]  # replaced each epoch
 
     def batches(epoch: int):
         train_ds.set_epoch(epoch)
+        scheduler.start_epoch(epoch)
         crop_rng[0] = epoch_generator(cfg.seed, epoch, stream=1)
         return iter(
             DataLoader(
@@ -265,6 +273,7 @@ def train(
         with precision.autocast():
             density, mask_logits = model(x)
         loss = localizer_loss(density, mask_logits, d, m, cfg)
+        scheduler.step()
         precision.step(loss, optimizer)
         return {"loss": loss.item(), "n": len(x)}
 
@@ -293,7 +302,7 @@ def train(
         precision=precision,
         epochs=cfg.epochs,
         batches=batches,
-        n_batches=lambda _e: -(-len(subset) // cfg.batch_size),
+        n_batches=lambda _e: steps_per_epoch,
         train_step=train_step,
         validate=validate,
         score=lambda v: (-v["loss"],),

@@ -30,6 +30,8 @@ from medfakedet.models import build_classifier
 from medfakedet.preprocess import PreprocessConfig
 from training.common import (
     CONFIG_DIR,
+    LR_SCHEDULES,
+    LrScheduler,
     Precision,
     build_arg_parser,
     config_to_dict,
@@ -59,6 +61,7 @@ class Synthesis8Config:
     epoch_repeats: int = 1  # passes over the train split per epoch (fewer validations)
     batch_size: int = 32
     lr: float = 1e-4
+    lr_schedule: str = "constant"  # "constant" (paper) or "onecycle" (warm-up + cosine)
     weight_decay: float = 0.0
     augment: bool = True  # h-flip + rotation 10 deg (medfakedet.preprocess.train_transform)
     split_mode: str = "paper"  # "paper" (stratified random 70/15/15) or "group"
@@ -81,6 +84,8 @@ class Synthesis8Config:
             problems.append(f"epoch_repeats must be >= 1, got {self.epoch_repeats}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             problems.append("batch sizes must be >= 1")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.split_mode not in ("paper", "group"):
@@ -148,11 +153,14 @@ def train(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-len(subset) // cfg.batch_size)
+    scheduler = LrScheduler(optimizer, cfg.lr_schedule, cfg.lr, steps_per_epoch, cfg.epochs)
     precision = Precision(device, cfg.amp)
     config = {"task": TASK, **config_to_dict(cfg)}
 
     def batches(epoch: int):
         train_ds.set_epoch(epoch)
+        scheduler.start_epoch(epoch)
         return iter(
             DataLoader(
                 subset,
@@ -172,6 +180,7 @@ def train(
         with precision.autocast():
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
+        scheduler.step()
         precision.step(loss, optimizer)
         acc = (logits.argmax(1) == y).float().mean().item()
         return {"loss": loss.item(), "acc": acc, "n": len(y)}
@@ -191,7 +200,7 @@ def train(
         precision=precision,
         epochs=cfg.epochs,
         batches=batches,
-        n_batches=lambda _e: -(-len(subset) // cfg.batch_size),
+        n_batches=lambda _e: steps_per_epoch,
         train_step=train_step,
         validate=validate,
         score=lambda v: (v["acc"], -v["loss"]),
