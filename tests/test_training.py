@@ -270,3 +270,13 @@ def test_onecycle_schedule_warms_up_peaks_and_decays():
     assert scheduled_lr("constant", 1e-3, 50, 100) == 1e-3
     with pytest.raises(ValueError, match="unknown lr_schedule"):
         scheduled_lr("cyclic", 1e-3, 0, 10)
+
+
+def test_pipeline_reports_the_recorded_time_of_reused_stages(tmp_path):
+    from training.pipeline import _recorded_seconds, _stage_cell
+
+    (tmp_path / "artifact.json").write_text(json.dumps({"training": {"total_seconds": 222.4}}))
+    assert _recorded_seconds(tmp_path / "artifact.json", ("training", "total_seconds")) == 222.4
+    assert _recorded_seconds(tmp_path / "missing.json", ("seconds",)) is None
+    assert _stage_cell(None, 222.4) == "222.4 (earlier run, reused)"
+    assert _stage_cell(None, None) == "reused" and _stage_cell(12.34, None) == "12.3"

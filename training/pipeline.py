@@ -11,6 +11,7 @@ exists); the reports are always rewritten.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ def run_pipeline(
 
     setup_threads()
     stages: dict[str, float | None] = {}
+    recorded: dict[str, float | None] = {}  # seconds taken by the earlier run, for reused stages
     start_all = time.monotonic()
     if not has_data(data):
         from medfakedet.data.builder import build_datasets
@@ -50,8 +52,9 @@ def run_pipeline(
         start = time.monotonic()
         build_datasets(data, progress=show_progress)
         stages["build data"] = time.monotonic() - start
-    else:
-        stages["build data"] = None  # reused
+    else:  # reused: report the time of the build that made it
+        stages["build data"] = None
+        recorded["build data"] = _recorded_seconds(data / "build.json", ("seconds",))
     trainers = {
         "synthesis8": (Synthesis8Config, train_synthesis8, "synthesis8"),
         "manipulation_density": (LocalizerConfig, train_localizer, "localizer"),
@@ -65,6 +68,9 @@ def run_pipeline(
             stages[f"train {task}"] = time.monotonic() - start
         else:
             stages[f"train {task}"] = None
+            recorded[f"train {task}"] = _recorded_seconds(
+                out / META_FILE, ("training", "total_seconds")
+            )
     results = {}
     for task in trainers:
         start = time.monotonic()
@@ -80,6 +86,7 @@ def run_pipeline(
         "config": config,
         "machine": machine_info(),
         "stages_seconds": stages,
+        "reused_stages_recorded_seconds": recorded,
         "headline": {task: headline(task, r["metrics"]) for task, r in results.items()},
     }
     write_json(reports / "summary.json", summary)
@@ -95,7 +102,7 @@ def run_pipeline(
         "",
         markdown_table(
             ["stage", "seconds"],
-            [[k, "reused" if v is None else f"{v:.1f}"] for k, v in stages.items()],
+            [[k, _stage_cell(v, recorded.get(k))] for k, v in stages.items()],
         ),
         "",
         "## Headline (test split)",
@@ -129,6 +136,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stage, seconds in summary["stages_seconds"].items():
         print(f"{stage:>30}: {'reused' if seconds is None else f'{seconds:.1f} s'}")
     return 0
+
+
+def _recorded_seconds(path: Path, keys: tuple[str, ...]) -> float | None:
+    """A duration stored by an earlier run (build.json, artifact.json), or None."""
+    try:
+        value = json.loads(path.read_text())
+        for key in keys:
+            value = value[key]
+        return float(value)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _stage_cell(seconds: float | None, recorded: float | None) -> str:
+    if seconds is not None:
+        return f"{seconds:.1f}"
+    return "reused" if recorded is None else f"{recorded:.1f} (earlier run, reused)"
 
 
 if __name__ == "__main__":
