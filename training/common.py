@@ -472,6 +472,42 @@ def fixed_subset(n_total: int, n: int, seed: int) -> list[int]:
 
 
 @dataclass
+class RunData:
+    """What both trainers start from: device, output folder and the three datasets."""
+
+    device: torch.device
+    out: Path
+    root: Path
+    train: Any  # augmented when cfg.augment
+    val: Any
+    clean_train: Any  # the train split without augmentation (BatchNorm statistics)
+
+
+def prepare_run(
+    cfg: Any, data: str | Path, out: str | Path, layout: str, dataset_cls: type
+) -> RunData:
+    """Validate ``cfg``, set threads / seeds / device, and open the train and val splits."""
+    from training.evaluate import resolve_data_root  # evaluate imports this module
+
+    cfg.validate()
+    setup_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    root = resolve_data_root(data, layout)
+    common = dict(preprocess=cfg.preprocess(), split_mode=cfg.split_mode, seed=cfg.seed)
+    train = dataset_cls(root, "train", augment=cfg.augment, **common)
+    val = dataset_cls(root, "val", **common)
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(
+            f"{root}: the {cfg.split_mode} split left {len(train)} train and {len(val)} "
+            "val images; need at least one of each"
+        )
+    return RunData(device, out, root, train, val, dataset_cls(root, "train", **common))
+
+
+@dataclass
 class FitResult:
     state: TrainState
     best_weights: dict[str, torch.Tensor]

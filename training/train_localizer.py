@@ -44,18 +44,15 @@ from training.common import (
     fit,
     fixed_subset,
     machine_info,
+    prepare_run,
     recalibrate_batchnorm,
     resolve_config,
-    seed_everything,
-    select_device,
-    setup_threads,
     write_json,
 )
 from training.evaluate import (
     choose_box_threshold,
     compute_localizer_metrics,
     predict_localizer,
-    resolve_data_root,
 )
 
 TASK = "manipulation_density"
@@ -207,23 +204,11 @@ def train(
     """Train, calibrate and save; returns the artifact folder."""
     from medfakedet.data.inpaint import MedFakeInpaintDataset
 
-    cfg.validate()
     wall_start = time.monotonic()
-    setup_threads(cfg.num_threads)
-    seed_everything(cfg.seed)
-    device = select_device(cfg.device)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    root = resolve_data_root(data, "medfakeinpaint")
+    run = prepare_run(cfg, data, out, "medfakeinpaint", MedFakeInpaintDataset)
+    device, out, root = run.device, run.out, run.root
     pre = cfg.preprocess()
-    common = dict(preprocess=pre, split_mode=cfg.split_mode, seed=cfg.seed)
-    train_ds = MedFakeInpaintDataset(root, "train", augment=cfg.augment, **common)
-    val_ds = MedFakeInpaintDataset(root, "val", **common)
-    if len(train_ds) == 0 or len(val_ds) == 0:
-        raise ValueError(
-            f"{root}: the {cfg.split_mode} split left {len(train_ds)} train and {len(val_ds)} "
-            "val images; need at least one of each"
-        )
+    train_ds, val_ds = run.train, run.val
     train_idx = list(range(len(train_ds)))
     if cfg.max_train_images is not None and cfg.max_train_images < len(train_ds):
         rng = np.random.default_rng(cfg.seed)
@@ -231,7 +216,7 @@ def train(
     subset = torch.utils.data.Subset(train_ds, train_idx * cfg.epoch_repeats)
     # Whole, clean training images for BatchNorm statistics (training may see crops only).
     bn_ds = torch.utils.data.Subset(
-        MedFakeInpaintDataset(root, "train", **common),
+        run.clean_train,
         [train_idx[i] for i in fixed_subset(len(train_idx), cfg.bn_recalibration_images, cfg.seed)],
     )
     min_area = cfg.scaled_min_area()

@@ -39,14 +39,12 @@ from training.common import (
     fit,
     fixed_subset,
     machine_info,
+    prepare_run,
     recalibrate_batchnorm,
     resolve_config,
-    seed_everything,
-    select_device,
-    setup_threads,
     write_json,
 )
-from training.evaluate import compute_synthesis8_metrics, predict_synthesis8, resolve_data_root
+from training.evaluate import compute_synthesis8_metrics, predict_synthesis8
 
 TASK = "synthesis8"
 
@@ -124,28 +122,16 @@ def train(
     """Train, calibrate and save; returns the artifact folder."""
     from medfakedet.data.medfake import MedFakeDataset
 
-    cfg.validate()
     wall_start = time.monotonic()
-    setup_threads(cfg.num_threads)
-    seed_everything(cfg.seed)
-    device = select_device(cfg.device)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    root = resolve_data_root(data, "medfake")
+    run = prepare_run(cfg, data, out, "medfake", MedFakeDataset)
+    device, out, root = run.device, run.out, run.root
     pre = cfg.preprocess()
-    common = dict(preprocess=pre, split_mode=cfg.split_mode, seed=cfg.seed)
-    train_ds = MedFakeDataset(root, "train", augment=cfg.augment, **common)
-    val_ds = MedFakeDataset(root, "val", **common)
-    if len(train_ds) == 0 or len(val_ds) == 0:
-        raise ValueError(
-            f"{root}: the {cfg.split_mode} split left {len(train_ds)} train and {len(val_ds)} "
-            "val images; need at least one of each"
-        )
+    train_ds, val_ds = run.train, run.val
     train_idx = _cap_per_class(train_ds, cfg.max_train_per_class, cfg.seed)
     subset = torch.utils.data.Subset(train_ds, train_idx * cfg.epoch_repeats)
     # Clean (non-augmented) training images for BatchNorm statistics.
     bn_ds = torch.utils.data.Subset(
-        MedFakeDataset(root, "train", **common),
+        run.clean_train,
         [train_idx[i] for i in fixed_subset(len(train_idx), cfg.bn_recalibration_images, cfg.seed)],
     )
 
