@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import ndimage
 
 from medfakedet.data.__main__ import main
-from medfakedet.data.builder import build_datasets
+from medfakedet.data.builder import DEFAULT_INPAINT_KINDS, build_datasets
 from medfakedet.data.check import check_dataset
 from medfakedet.data.inpaint import MedFakeInpaintDataset, group_of, load_split
 from medfakedet.data.manipulations import CHANGE_THRESHOLD, min_region_area
@@ -123,7 +123,7 @@ def test_inpaint_variants_masks_density_and_labels_agree(built: Path) -> None:
     untouched = sum(r["variant"] == "orig" for r in rows.values())
     assert untouched == INPAINT // 5
     kinds = Counter(k for r in rows.values() for k in r["kind"].split("+") if k)
-    assert set(kinds) == {"lesion", "removal", "copy_move"}
+    assert set(kinds) == set(DEFAULT_INPAINT_KINDS) == {"lesion", "removal"}  # the paper's kind
     min_area = min_region_area(128)
     for image_id, row in rows.items():
         image = _gray(root / "images" / f"{image_id}.png").astype(np.int16)
@@ -179,6 +179,28 @@ def test_same_seed_gives_identical_bytes_whatever_the_workers(tmp_path: Path) ->
     # A rebuild into the same folder replaces the old build.
     build_datasets(tmp_path / "a", workers=1, **{**small, "per_class": 2})
     assert len(list((tmp_path / "a" / "medfake" / "brain" / "real").iterdir())) == 2
+
+
+def test_inpaint_kinds_and_split_shares_are_options(tmp_path: Path) -> None:
+    """copy_move is opt-in; the split shares are honoured; bad values are refused up front."""
+    summary = build_datasets(
+        tmp_path / "cm",
+        per_class=1,
+        inpaint=50,
+        seed=4,
+        workers=1,
+        **{**FAST, "contact_sheet": False},
+        inpaint_kinds=["copy_move"],
+        inpaint_fractions=(0.6, 0.2, 0.2),
+    )
+    assert set(summary["counts"]["inpaint_kinds"]) == {"copy_move"}
+    assert summary["counts"]["inpaint_split"] == {"train": 30, "val": 10, "test": 10}
+    assert summary["args"]["inpaint_kinds"] == ["copy_move"]
+    with pytest.raises(ValueError, match="inpaint_kinds must name some of"):
+        build_datasets(tmp_path / "bad", per_class=1, inpaint=5, inpaint_kinds=["blur"], **FAST)
+    with pytest.raises(ValueError, match="three positive shares summing to 1"):
+        build_datasets(tmp_path / "bad", per_class=1, inpaint=5, inpaint_fractions=(0.9, 0.1, 0.1))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_build_refuses_a_folder_that_is_not_a_build(tmp_path: Path) -> None:

@@ -7,6 +7,16 @@ import sys
 from collections.abc import Sequence
 
 
+def _shares(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise SystemExit(f"--inpaint-split needs three numbers like 0.85,0.1,0.05; got {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def _build(args: argparse.Namespace) -> int:
     from .builder import build_datasets
 
@@ -20,6 +30,8 @@ def _build(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         workers=args.workers,
         fake_time_budget_s=args.fake_budget,
+        inpaint_kinds=[k.strip() for k in args.inpaint_kinds.split(",") if k.strip()],
+        inpaint_fractions=_shares(args.inpaint_split),
     )
     counts = summary["counts"]
     print(
@@ -44,7 +56,15 @@ def _check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (1 when check finds problems)."""
-    from .builder import DEFAULT_INPAINT, DEFAULT_PER_CLASS, DEFAULT_SEED, DEFAULT_SIZE
+    from .builder import (
+        DEFAULT_INPAINT,
+        DEFAULT_INPAINT_KINDS,
+        DEFAULT_PER_CLASS,
+        DEFAULT_SEED,
+        DEFAULT_SIZE,
+    )
+    from .inpaint import INPAINT_FRACTIONS
+    from .manipulations import MANIPULATIONS
 
     parser = argparse.ArgumentParser(prog="python -m medfakedet.data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="limit on fake-generator training seconds per organ (default: none, train to the "
         "step caps, byte-identical output; a limit that triggers makes output machine-dependent)",
+    )
+    b.add_argument(
+        "--inpaint-kinds",
+        default=",".join(DEFAULT_INPAINT_KINDS),
+        help="comma-separated MedFakeInpaint manipulations, of "
+        f"{', '.join(MANIPULATIONS)} (default: %(default)s, the inpainting kinds)",
+    )
+    b.add_argument(
+        "--inpaint-split",
+        default=",".join(f"{f:g}" for f in INPAINT_FRACTIONS),
+        help="train,val,test shares of MedFakeInpaint source groups (default: %(default)s, "
+        "the paper's)",
     )
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)

@@ -45,8 +45,8 @@ from medfakedet.imaging import ImageDecodeError, encode_png, load_image_file, to
 from medfakedet.labels import ORGANS
 from medfakedet.preprocess import resize_tensor, to_channels, to_tensor
 
-from .inpaint import SPLIT_FILE, SUBDIRS, group_split_ids, write_record
-from .manipulations import manipulate
+from .inpaint import INPAINT_FRACTIONS, SPLIT_FILE, SUBDIRS, group_split_ids, write_record
+from .manipulations import MANIPULATIONS, manipulate
 from .medfake import MANIFEST_COLUMNS, MANIFEST_NAME, is_image_file
 
 DEFAULT_PER_CLASS = 200
@@ -57,6 +57,12 @@ DEFAULT_SEED = 42
 VARIANTS: tuple[str, ...] = ("orig", "m1", "m2", "m3", "m45")
 #: Regions per variant (m45: four or five).
 VARIANT_REGIONS: dict[str, tuple[int, ...]] = {"m1": (1,), "m2": (2,), "m3": (3,), "m45": (4, 5)}
+#: Manipulations of the default build: the inpainting kinds, as in the paper's MedFakeInpaint
+#: (DDPM inpainting regenerates a region's content). ``copy_move`` is opt-in (``inpaint_kinds``):
+#: its pasted content is genuine tissue of the same slice, which a single-image density model
+#: cannot tell from untouched tissue (box recall 0.00 even on training images, see
+#: docs/reports/README.md); detecting it needs a self-similarity search, not this localizer.
+DEFAULT_INPAINT_KINDS: tuple[str, ...] = ("lesion", "removal")
 INPAINT_MANIFEST_COLUMNS: tuple[str, ...] = ("id", "source", "variant", "kind", "n_regions")
 MEDFAKE_DIR, INPAINT_DIR = "medfake", "medfakeinpaint"
 CONTACT_SHEET, BUILD_INFO = "contact_sheet.png", "build.json"
@@ -198,6 +204,7 @@ def _inpaint_job(
     n_images: int,
     seed: int,
     size: int,
+    kinds: tuple[str, ...] = DEFAULT_INPAINT_KINDS,
 ) -> list[dict]:
     """Write the variants of each source slice; ``sources`` = (index, name, image or None).
 
@@ -220,10 +227,10 @@ def _inpaint_job(
                 break
             rng = _rng(seed, _INPAINT, j, v + 1)
             if variant == "orig":
-                edited, mask, kinds = image, np.zeros(image.shape, dtype=bool), []
+                edited, mask, applied = image, np.zeros(image.shape, dtype=bool), []
             else:
                 n_regions = int(rng.choice(VARIANT_REGIONS[variant]))
-                edited, mask, kinds = manipulate(image, tissue, n_regions, rng)
+                edited, mask, applied = manipulate(image, tissue, n_regions, rng, kinds)
             image_id = f"{group}_{variant}"
             n = write_record(root, image_id, edited, mask)
             rows.append(
@@ -231,7 +238,7 @@ def _inpaint_job(
                     "id": image_id,
                     "source": group,
                     "variant": variant,
-                    "kind": "+".join(kinds),
+                    "kind": "+".join(applied),
                     "n_regions": n,
                 }
             )
@@ -391,6 +398,8 @@ def build_datasets(
     workers: int | None = None,
     fake_time_budget_s: float | None = None,
     contact_sheet: bool = True,
+    inpaint_kinds: Iterable[str] = DEFAULT_INPAINT_KINDS,
+    inpaint_fractions: tuple[float, float, float] = INPAINT_FRACTIONS,
 ) -> dict[str, Any]:
     """Build MedFake and MedFakeInpaint under ``out`` (see the module docstring).
 
@@ -409,6 +418,10 @@ def build_datasets(
             byte-identical for a seed; with a limit that triggers, the fakes depend on machine
             speed. 0 skips training (untrained generators: fast, deterministic, for tests).
         contact_sheet: write ``contact_sheet.png``.
+        inpaint_kinds: manipulations drawn for MedFakeInpaint (see
+            :data:`medfakedet.data.manipulations.MANIPULATIONS`); default the inpainting kinds.
+        inpaint_fractions: train / val / test shares of MedFakeInpaint source groups written to
+            ``split_fixed_density.json``; default the paper's 85 / 10 / 5.
 
     Returns:
         The summary also written to ``build.json``.
@@ -419,6 +432,17 @@ def build_datasets(
         raise ValueError(
             f"need per_class >= 1, inpaint >= 0 and 32 <= size <= 4096; got {per_class}, "
             f"{inpaint}, {size}"
+        )
+    inpaint_kinds = tuple(dict.fromkeys(inpaint_kinds))
+    unknown = sorted(set(inpaint_kinds) - set(MANIPULATIONS))
+    if not inpaint_kinds or unknown:
+        raise ValueError(
+            f"inpaint_kinds must name some of {', '.join(MANIPULATIONS)}; got {list(inpaint_kinds)}"
+        )
+    fractions = tuple(float(f) for f in inpaint_fractions)
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(
+            f"inpaint_fractions must be three positive shares summing to 1; got {inpaint_fractions}"
         )
     out = Path(out)
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
@@ -511,7 +535,13 @@ def build_datasets(
         sources = _inpaint_sources(n_sources, brain_sources)
         inpaint_futures = [
             runner.submit(
-                _inpaint_job, str(ip_root), sources[a : a + _INPAINT_CHUNK], inpaint, seed, size
+                _inpaint_job,
+                str(ip_root),
+                sources[a : a + _INPAINT_CHUNK],
+                inpaint,
+                seed,
+                size,
+                inpaint_kinds,
             )
             for a in range(0, n_sources, _INPAINT_CHUNK)
         ]
@@ -523,7 +553,7 @@ def build_datasets(
 
     _write_csv(mf_root / MANIFEST_NAME, (*MANIFEST_COLUMNS, "source"), medfake_rows, "path")
     _write_csv(ip_root / "manifest.csv", INPAINT_MANIFEST_COLUMNS, inpaint_rows, "id")
-    split = group_split_ids(sorted(r["id"] for r in inpaint_rows), seed)
+    split = group_split_ids(sorted(r["id"] for r in inpaint_rows), seed, fractions)
     (ip_root / SPLIT_FILE).write_text(
         json.dumps({"val": split["val"], "test": split["test"]}, indent=1) + "\n", encoding="utf-8"
     )
@@ -543,6 +573,8 @@ def build_datasets(
             "seed": seed,
             "workers": workers,
             "fake_time_budget_s": fake_time_budget_s,
+            "inpaint_kinds": list(inpaint_kinds),
+            "inpaint_fractions": list(fractions),
         },
         "counts": {
             "medfake": dict(
