@@ -227,27 +227,37 @@ def _region_boxes(binary: np.ndarray, min_area: int, values: np.ndarray | None =
     return boxes
 
 
-def density_to_boxes(density: np.ndarray, threshold: float, min_area: int) -> list[Box]:
+def density_to_boxes(
+    density: np.ndarray, threshold: float, min_area: int, min_peak: float = 0.0
+) -> list[Box]:
     """Boxes of the regions where the RAW density map reaches ``threshold``.
 
     The map is not divided by its own maximum first (the original's defect: that turns faint
     noise on an untouched image into boxes); ``threshold`` is an absolute level, calibrated on
     validation. Regions are 8-connected; a region is dropped when its area -- its number of
-    pixels, which is about the contour area the paper used -- is below ``min_area``.
+    pixels, which is about the contour area the paper used -- is below ``min_area``, or when its
+    peak is below ``min_peak``. Serving passes the presence threshold as ``min_peak``
+    (hysteresis thresholding): a region's extent is where the map reaches ``threshold``, and it
+    counts only if the model would call it manipulated on its own. Without that rule most false
+    boxes on the embedded test split were faint blobs on untouched tissue.
 
     Args:
         density: HxW (or HxWx1) map, normally in [0, 1].
         threshold: absolute level in [0, 1]; pixels with ``density >= threshold`` are kept.
         min_area: smallest region to keep, in pixels of ``density`` (integer >= 0).
+        min_peak: smallest peak (maximum density inside the region) to keep, in [0, 1]; 0
+            keeps every region (the paper's rule).
 
     Returns:
         Boxes (x2 / y2 exclusive) with ``score`` = the maximum density inside the region,
         sorted by score, highest first (ties top-to-bottom, then left-to-right).
     """
     threshold = _check_threshold(threshold, "threshold")
+    min_peak = _check_threshold(min_peak, "min_peak")
     min_area = _check_min_area(min_area)
     density = _as_2d(density, "density map").astype(np.float64, copy=False)
-    boxes = _region_boxes(density >= threshold, min_area, density)
+    regions = _region_boxes(density >= threshold, min_area, density)
+    boxes = [b for b in regions if b.score >= min_peak]
     return sorted(boxes, key=lambda b: (-b.score, b.y1, b.x1))
 
 

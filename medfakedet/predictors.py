@@ -379,9 +379,10 @@ class DensityPredictor(_Predictor):
     def _result(self, image: DecodedImage, density: np.ndarray, p: DensityParams) -> dict:
         model_size = (density.shape[1], density.shape[0])
         # Boxes on the RAW map at model resolution (min_area is in model pixels), then scaled.
-        boxes = scale_boxes(
-            density_to_boxes(density, p.threshold, p.min_area), model_size, image.size
-        )
+        # A region counts when its own peak reaches the presence threshold (hysteresis): every
+        # box is then a region the model calls manipulated, and faint blobs give no box.
+        regions = density_to_boxes(density, p.threshold, p.min_area, self.presence_threshold)
+        boxes = scale_boxes(regions, model_size, image.size)
         score = presence_score(density)
         manipulated = score >= self.presence_threshold
         result = {
@@ -413,9 +414,5 @@ class DensityPredictor(_Predictor):
                 f"Manipulation likely ({vs}), but no region reaches thr={p.threshold:g} with at "
                 f"least {p.min_area} pixels; lower thr or min_area to see boxes."
             )
-        if count:
-            return (
-                f"No manipulation detected overall ({vs}); "
-                f"{regions} reach the low thr={p.threshold:g}."
-            )
+        # No box here: a region counts only when its peak reaches the presence threshold.
         return f"No manipulation detected ({vs})."

@@ -83,9 +83,26 @@ def test_noise_on_untouched_image_gives_no_box_on_the_raw_map() -> None:
     assert len(density_to_boxes(normalised, 0.28, 20)) > 0
 
 
+def test_min_peak_keeps_only_regions_whose_peak_reaches_it() -> None:
+    """Hysteresis: extent at ``threshold``, kept when the region's own peak reaches min_peak."""
+    yy, xx = np.mgrid[:64, :64]
+    strong = 0.9 * np.exp(-((yy - 16) ** 2 + (xx - 16) ** 2) / (2 * 4.0**2))
+    faint = 0.5 * np.exp(-((yy - 44) ** 2 + (xx - 44) ** 2) / (2 * 4.0**2))
+    density = strong + faint
+    assert len(density_to_boxes(density, 0.28, 20)) == 2  # the paper's rule keeps both
+    boxes = density_to_boxes(density, 0.28, 20, min_peak=0.8)
+    assert len(boxes) == 1 and boxes[0].score == pytest.approx(0.9, abs=1e-3)
+    # The kept box has the extent of the 0.28 level, not of the 0.8 level.
+    assert boxes[0].width == density_to_boxes(strong, 0.28, 20)[0].width
+    assert boxes[0].width > density_to_boxes(strong, 0.8, 1)[0].width
+    assert density_to_boxes(density, 0.28, 20, min_peak=0.95) == []
+    assert density_to_boxes(density, 0.28, 20, min_peak=0.0) == density_to_boxes(density, 0.28, 20)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        ({"min_peak": 1.5}, "min_peak must be a number in"),
         ({"threshold": 1.5}, "threshold must be a number in"),
         ({"threshold": float("nan")}, "threshold must be a number in"),
         ({"threshold": -0.1}, "threshold must be a number in"),

@@ -281,8 +281,10 @@ def compute_synthesis8_metrics(
     }
 
 
-def predicted_boxes(densities: np.ndarray, threshold: float, min_area: int) -> list[list[Box]]:
-    return [density_to_boxes(d, threshold, min_area) for d in densities]
+def predicted_boxes(
+    densities: np.ndarray, threshold: float, min_area: int, min_peak: float = 0.0
+) -> list[list[Box]]:
+    return [density_to_boxes(d, threshold, min_area, min_peak) for d in densities]
 
 
 def compute_localizer_metrics(
@@ -294,10 +296,10 @@ def compute_localizer_metrics(
     """Presence, box, count and pixel metrics of raw density maps at calibrated thresholds.
 
     Presence: ``max(raw density) >= presence_threshold`` (no per-image normalisation). Boxes:
-    ``density_to_boxes(raw density, box_threshold, min_area)`` for every image, as serving
-    returns them, matched one-to-one at each IoU of :data:`BOX_IOUS`. Pixels: the map
-    thresholded at ``box_threshold`` against the ground-truth mask, and the mask head
-    (logits > 0) against the same mask.
+    ``density_to_boxes(raw density, box_threshold, min_area, min_peak=presence_threshold)`` for
+    every image, as serving returns them, matched one-to-one at each IoU of :data:`BOX_IOUS`.
+    Pixels: the map thresholded at ``box_threshold`` against the ground-truth mask, and the
+    mask head (logits > 0) against the same mask.
     """
     peaks = np.array([presence_score(d) for d in pred.density])
     presence = binary_metrics(pred.present, peaks >= presence_threshold)
@@ -306,7 +308,7 @@ def compute_localizer_metrics(
     presence["average_precision"] = (
         average_precision(pred.present, peaks) if pred.present.any() else None
     )
-    boxes = predicted_boxes(pred.density, box_threshold, min_area)
+    boxes = predicted_boxes(pred.density, box_threshold, min_area, presence_threshold)
     box_metrics = {
         f"iou_{iou:g}": box_detection_metrics(boxes, pred.gt_boxes, iou) for iou in BOX_IOUS
     }
@@ -348,14 +350,16 @@ def choose_box_threshold(
     min_area: int,
     candidates: Sequence[float] | None = None,
     iou_threshold: float = 0.5,
+    min_peak: float = 0.0,
 ) -> tuple[float, float]:
-    """The density threshold with the best box F1 at ``iou_threshold`` (fit on validation)."""
+    """The density threshold with the best box F1 at ``iou_threshold`` (fit on validation);
+    regions whose peak is below ``min_peak`` (the presence threshold) do not count."""
     if candidates is None:
         candidates = np.round(np.arange(0.05, 0.951, 0.01), 2)
     f1s = [
-        box_detection_metrics(predicted_boxes(densities, t, min_area), gt_boxes, iou_threshold)[
-            "f1"
-        ]
+        box_detection_metrics(
+            predicted_boxes(densities, t, min_area, min_peak), gt_boxes, iou_threshold
+        )["f1"]
         for t in candidates
     ]
     k = _middle_of_best_run(f1s)
@@ -508,6 +512,7 @@ def plot_localizer_examples(
     min_area: int,
     path: Path,
     n: int = 8,
+    min_peak: float = 0.0,
 ) -> None:
     """A grid of images with the density overlaid, true boxes (green) and predicted (red)."""
     plt = _pyplot()
@@ -529,7 +534,7 @@ def plot_localizer_examples(
         ax.imshow(np.ma.masked_less(d, 0.05), cmap="jet", alpha=0.35, vmin=0, vmax=1)
         for b, color in (
             *((b, "lime") for b in pred.gt_boxes[i]),
-            *((b, "red") for b in density_to_boxes(d, box_threshold, min_area)),
+            *((b, "red") for b in density_to_boxes(d, box_threshold, min_area, min_peak)),
         ):
             ax.add_patch(
                 Rectangle((b.x1 - 0.5, b.y1 - 0.5), b.width, b.height, fill=False, ec=color, lw=1.2)
@@ -860,7 +865,7 @@ def evaluate_artifact(
         plot_sweep(
             result["sweep"], {"presence thr": pt, "box thr": bt}, out / "threshold_sweep.png"
         )
-        plot_localizer_examples(dataset, clean_pred, bt, ma, out / "examples.png")
+        plot_localizer_examples(dataset, clean_pred, bt, ma, out / "examples.png", min_peak=pt)
     if robustness:
         result["robustness"] = rob
     result["machine"] = machine_info(dev)
