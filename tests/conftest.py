@@ -1,9 +1,10 @@
 """Shared session fixtures: a small built dataset and models trained on it for real.
 
-``built_dataset``: ``build_datasets`` into a temporary folder (MedFake 40 per class, 300
-MedFakeInpaint images, 128 px, seed 42). ``trained_artifacts``: synthesis8 and the density
-localizer trained on it with the ``quick`` presets (training/configs/*_quick.yaml). Both are
-built once per test session, seeded and deterministic; the first test that asks pays for them.
+``built_dataset``: ``build_datasets`` into a temporary folder (MedFake 100 per class, 600
+MedFakeInpaint images split 60/20/20 by source group, 128 px, seed 42). ``trained_artifacts``:
+synthesis8 and the density localizer trained on it with the ``quick`` presets
+(training/configs/*_quick.yaml). Both are built once per test session, seeded and
+deterministic; the first test that asks pays for them.
 """
 
 from __future__ import annotations
@@ -13,22 +14,31 @@ from pathlib import Path
 
 import pytest
 
-#: Size of the test dataset: big enough for stable test-split numbers, small enough to build
-#: and train in a few CPU minutes.
-TEST_BUILD = {"per_class": 40, "inpaint": 300, "size": 128, "seed": 42}
+#: Size of the test dataset: big enough for stable test-split numbers (120 MedFake and 120
+#: MedFakeInpaint test images), small enough to build in about a minute. Building costs little
+#: beyond fitting the fake generators; the training cost is set by the quick presets.
+TEST_BUILD = {
+    "per_class": 100,
+    "inpaint": 600,
+    "inpaint_fractions": (0.6, 0.2, 0.2),
+    "size": 128,
+    "seed": 42,
+}
 
 
-#: Floors that the quick presets must reach on the small set's test split. Measured here (seeded,
-#: 2 threads): synthesis8 macro-F1 0.89 and real-vs-fake ROC-AUC 0.97; localizer presence F1
-#: 0.91 (ROC-AUC 0.90, precision 1.0) and box F1 at IoU 0.5 of 0.42; chance is 0.125 macro-F1,
-#: AUC 0.5, box F1 ~0. The issue's targets (macro-F1 and presence F1 >= 0.95, box F1 >= 0.8) are
-#: not reached within a test's CPU budget; the floors sit below the measured values with margin.
+#: What the quick presets must reach on the small set's test split: the issue's acceptance
+#: targets (synthesis8 macro-F1 >= 0.95; localizer presence F1 >= 0.95 and box F1 at IoU 0.5
+#: >= 0.8), plus ranking and precision floors (flagging every image would score presence F1
+#: 0.89). Measured here (seeded, 2 threads, about 2.5 + 3.5 CPU minutes of training): macro-F1
+#: 0.983, real-vs-fake ROC-AUC 0.994; presence F1 0.985 (ROC-AUC 0.997, precision 0.98); box
+#: F1 at IoU 0.5 0.946. Chance: macro-F1 0.125, AUC 0.5, box F1 ~0.
 QUICK_FLOORS = {
-    "synthesis8_macro_f1": 0.80,
-    "synthesis8_real_vs_fake_auc": 0.90,
-    "presence_auc": 0.80,
+    "synthesis8_macro_f1": 0.95,
+    "synthesis8_real_vs_fake_auc": 0.95,
+    "presence_f1": 0.95,
+    "presence_auc": 0.95,
     "presence_precision": 0.90,
-    "box_f1_iou_0.5": 0.30,
+    "box_f1_iou_0.5": 0.80,
 }
 
 

@@ -56,6 +56,10 @@ from training.evaluate import (
 )
 
 TASK = "manipulation_density"
+SELECT_BY = ("loss", "box_f1")
+#: Box thresholds tried at each validation when ``select_by="box_f1"`` (calibration at the end
+#: uses the fine 0.01 grid).
+_SELECTION_THRESHOLDS = np.round(np.arange(0.10, 0.91, 0.05), 2)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,9 @@ class LocalizerConfig:
     max_minutes: float | None = None
     max_train_images: int | None = None  # seeded subset of the train split (quick runs)
     min_area: int = 20  # at 128 px; scaled by (size / 128)^2
+    # Which epoch's weights to keep: "loss" (lowest validation loss, the paper) or "box_f1"
+    # (best validation box F1 at IoU 0.5 over a coarse threshold grid; ties: lower loss).
+    select_by: str = "loss"
     eval_batch_size: int = 32
     bn_recalibration_images: int = 64  # whole images; re-estimate BN stats before validation
     device: str = "auto"
@@ -109,6 +116,8 @@ class LocalizerConfig:
             problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
+        if self.select_by not in SELECT_BY:
+            problems.append(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
         if self.split_mode not in ("json", "group"):
             problems.append(f"split_mode must be 'json' or 'group', got {self.split_mode!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -179,19 +188,28 @@ def random_crops(
     ]
 
 
-def calibrate(pred, min_area: int) -> dict[str, float]:
-    """Presence threshold (best presence F1) and box threshold (best box F1 @ IoU 0.5) on val."""
+def calibrate(
+    pred, min_area: int, box_candidates: Sequence[float] | None = None
+) -> tuple[dict[str, float], float]:
+    """Presence threshold (best presence F1), then box threshold (best box F1 @ IoU 0.5, boxes
+    kept only where their peak reaches the presence threshold, as served), both on val.
+
+    Returns the calibration and the validation box F1 it reaches.
+    """
     peaks = np.array([presence_score(d) for d in pred.density])
     if 0 < pred.present.sum() < len(pred.present):
         presence_threshold, _ = choose_threshold(peaks, pred.present)
     else:
         presence_threshold = 0.28  # one class only in val: nothing to fit, keep the paper's
-    box_threshold, _ = choose_box_threshold(pred.density, pred.gt_boxes, min_area)
-    return {
+    box_threshold, box_f1 = choose_box_threshold(
+        pred.density, pred.gt_boxes, min_area, box_candidates, min_peak=float(presence_threshold)
+    )
+    calibration = {
         "presence_threshold": float(presence_threshold),
         "box_threshold": float(box_threshold),
         "min_area": int(min_area),
     }
+    return calibration, box_f1
 
 
 def train(
@@ -222,8 +240,8 @@ def train(
     min_area = cfg.scaled_min_area()
 
     model = build_localizer(cfg.arch).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # NHWC: tensor cores on GPU; on this 2-core CPU too, training runs 15-25% faster with it.
+    model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(subset) // cfg.batch_size)
     scheduler = LrScheduler(optimizer, cfg.lr_schedule, cfg.lr, steps_per_epoch, cfg.epochs)
@@ -253,8 +271,7 @@ def train(
                 (x, d, m), cfg.crop_size, crop_rng[0], m, cfg.crop_positive_fraction
             )
         x, d, m = (t.to(device, non_blocking=True) for t in (x, d, m))
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with precision.autocast():
             density, mask_logits = model(x)
         loss = localizer_loss(density, mask_logits, d, m, cfg)
@@ -275,11 +292,17 @@ def train(
         )
         # Progress numbers at the paper's default thresholds (calibration comes at the end).
         m = compute_localizer_metrics(p, 0.28, 0.28, min_area)
-        return {
+        row = {
             "loss": p.loss,
             "presence_f1@0.28": m["presence"]["f1"],
             "box_f1@0.28": m["boxes"]["iou_0.5"]["f1"],
         }
+        if cfg.select_by == "box_f1":
+            _, row["box_f1"] = calibrate(p, min_area, _SELECTION_THRESHOLDS)
+        return row
+
+    def score(v: dict[str, float]) -> tuple[float, ...]:
+        return (v["box_f1"], -v["loss"]) if cfg.select_by == "box_f1" else (-v["loss"],)
 
     result = fit(
         model=model,
@@ -290,7 +313,7 @@ def train(
         n_batches=lambda _e: steps_per_epoch,
         train_step=train_step,
         validate=validate,
-        score=lambda v: (-v["loss"],),
+        score=score,
         out=out,
         config=config,
         resume=resume,
@@ -300,7 +323,7 @@ def train(
 
     model.load_state_dict(result.best_weights)
     pred = predict_localizer(model, val_ds, device, cfg.eval_batch_size)
-    calibration = calibrate(pred, min_area)
+    calibration, _ = calibrate(pred, min_area)
     val = compute_localizer_metrics(pred, **calibration)
     val_summary = {
         "presence_f1": val["presence"]["f1"],
