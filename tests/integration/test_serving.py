@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from dicom_files import dicom_bytes
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from medfakedet.imaging import encode_png
 from medfakedet.labels import CLASS_NAMES, ORGANS
@@ -65,24 +64,7 @@ def jpeg(pixels: np.ndarray) -> bytes:
 
 
 def dicom(pixels: np.ndarray) -> bytes:
-    """Uncompressed 16-bit MONOCHROME2 DICOM (values 0..4095 as a CT-like scanner stores)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    ds.Modality, ds.PatientID = "OT", "TEST"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.rint(pixels * 4095).astype(np.uint16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return dicom_bytes(pixels, bits=16)
 
 
 ENCODERS = {"png": png, "jpeg": jpeg, "dicom": dicom}

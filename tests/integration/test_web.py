@@ -9,15 +9,13 @@ bright rectangles on a dark image are the "manipulated regions".
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_files import dicom_bytes
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from medfakedet.predictors import DensityParams, DensityPredictor, Synthesis8Predictor
 
@@ -45,31 +43,13 @@ def scan_pixels() -> np.ndarray:
     return img
 
 
-def dicom_bytes(pixels: np.ndarray) -> bytes:
-    """Uncompressed 8-bit MONOCHROME2 DICOM of ``pixels`` in [0, 1]."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    ds.Modality, ds.PatientID = "OT", "TEST"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = np.rint(pixels * 255).astype(np.uint8).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("web-files")
     png = root / "brain_scan.png"
     Image.fromarray(np.rint(scan_pixels() * 255).astype(np.uint8)).save(png)
     dcm = root / "brain_scan.dcm"
-    dcm.write_bytes(dicom_bytes(scan_pixels()))
+    dcm.write_bytes(dicom_bytes(scan_pixels(), bits=8))
     txt = root / "notes.png"
     txt.write_text("these are notes, not a scan\n")
     return {"png": png, "dcm": dcm, "txt": txt}
