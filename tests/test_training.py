@@ -279,5 +279,5 @@ def test_pipeline_reports_the_recorded_time_of_reused_stages(tmp_path):
     (tmp_path / "artifact.json").write_text(json.dumps({"training": {"total_seconds": 222.4}}))
     assert _recorded_seconds(tmp_path / "artifact.json", ("training", "total_seconds")) == 222.4
     assert _recorded_seconds(tmp_path / "missing.json", ("seconds",)) is None
-    assert _stage_cell(None, 222.4) == "222.4 (earlier run, reused)"
+    assert _stage_cell(None, 222.4) == "222.4 (recorded when made, reused here)"
     assert _stage_cell(None, None) == "reused" and _stage_cell(12.34, None) == "12.3"

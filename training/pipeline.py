@@ -152,7 +152,7 @@ def _recorded_seconds(path: Path, keys: tuple[str, ...]) -> float | None:
 def _stage_cell(seconds: float | None, recorded: float | None) -> str:
     if seconds is not None:
         return f"{seconds:.1f}"
-    return "reused" if recorded is None else f"{recorded:.1f} (earlier run, reused)"
+    return "reused" if recorded is None else f"{recorded:.1f} (recorded when made, reused here)"
 
 
 if __name__ == "__main__":
