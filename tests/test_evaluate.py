@@ -18,6 +18,7 @@ from training.evaluate import (
     compute_localizer_metrics,
     compute_synthesis8_metrics,
     corrupt_batch,
+    localizer_by_kind,
     main,
     markdown_table,
 )
@@ -178,6 +179,37 @@ def test_localizer_metrics_use_the_raw_map():
     assert scaled.max() >= 0.3
 
 
+def test_boxes_count_only_where_their_peak_reaches_the_presence_threshold():
+    # Presence 0.7, boxes 0.3: A (peak .9) and B's first block (.8) stay; B's .5 block and D's
+    # .6 block are dropped although they reach 0.3. @0.5: A's box (2,2,11,6) vs (2,2,6,6) has
+    # IoU 16/36 -> fp; B's matches -> tp 1, fp 1, fn 3: P 1/2, R 1/4, F1 1/3. Counts 1 1 0 0 0
+    # vs 1 2 0 0 1 -> MAE 2/5.
+    m = compute_localizer_metrics(localizer_fixture(), 0.7, 0.3, min_area=1)
+    b5 = m["boxes"]["iou_0.5"]
+    assert (b5["tp"], b5["fp"], b5["fn"]) == (1, 1, 3)
+    assert b5["f1"] == pytest.approx(1 / 3)
+    assert m["count_mae"] == pytest.approx(0.4)
+
+
+def test_localizer_by_kind_by_hand():
+    # Single-kind images only: lesion = A, B ("lesion+lesion"); removal = E; untouched = C, D.
+    # lesion: 3 regions; boxes A (IoU 0.44, miss), B's two (one hit) -> recall 1/3, 3 boxes,
+    #   peaks .9 .8 -> flagged 1, median .85.
+    # removal: E peaks .25 < .3 -> flagged 0, no box, recall 0.
+    # untouched: C .2, D .6 -> flagged 1/2, median .4, D's block is one box; no regions.
+    kinds = {"A": "lesion", "B": "lesion+lesion", "C": "", "D": "", "E": "removal", "Z": "x"}
+    rows = {r["kind"]: r for r in localizer_by_kind(localizer_fixture(), kinds, 0.3, 0.3, 1)}
+    assert list(rows) == ["lesion", "removal", "untouched"]
+    lesion, removal, untouched = rows["lesion"], rows["removal"], rows["untouched"]
+    assert (lesion["images"], lesion["regions"], lesion["boxes_predicted"]) == (2, 3, 3)
+    assert lesion["box_recall@0.5"] == pytest.approx(1 / 3)
+    assert lesion["flagged"] == 1.0 and lesion["median_presence_score"] == pytest.approx(0.85)
+    assert (removal["flagged"], removal["box_recall@0.5"], removal["boxes_predicted"]) == (0, 0, 0)
+    assert (untouched["images"], untouched["regions"], untouched["box_recall@0.5"]) == (2, 0, None)
+    assert untouched["flagged"] == 0.5 and untouched["boxes_predicted"] == 1
+    assert untouched["median_presence_score"] == pytest.approx(0.4)
+
+
 def test_box_threshold_choice():
     # Box F1 at IoU 0.5 by threshold t (candidates 0.05, 0.06, ... 0.95):
     # t <= 0.20: C's pixel is a false box too: tp 2 (B, E), fp 4, fn 2 -> 0.4
@@ -261,5 +293,11 @@ def test_evaluate_cli_localizer(trained_artifacts, tmp_path, quick_floors):
     assert m["boxes"]["iou_0.5"]["f1"] >= quick_floors["box_f1_iou_0.5"]
     assert len(result["sweep"]) == 19 and result["sweep"][0]["threshold"] == 0.05
     assert set(result["robustness"]) == {"clean", *CORRUPTIONS}
+    # The builder's manifest gives the per-kind table: the default kinds plus untouched images.
+    by_kind = {r["kind"]: r for r in result["by_kind"]}
+    assert set(by_kind) == {"lesion", "removal", "untouched"}
+    assert by_kind["untouched"]["regions"] == 0 and by_kind["lesion"]["regions"] > 0
+    assert by_kind["lesion"]["box_recall@0.5"] >= 0.8  # inserted lesions are the easy kind
     report = (out / "report.md").read_text()
     assert "Threshold sweep" in report and "Presence" in report
+    assert "By manipulation kind" in report

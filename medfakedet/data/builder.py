@@ -45,7 +45,14 @@ from medfakedet.imaging import ImageDecodeError, encode_png, load_image_file, to
 from medfakedet.labels import ORGANS
 from medfakedet.preprocess import resize_tensor, to_channels, to_tensor
 
-from .inpaint import INPAINT_FRACTIONS, SPLIT_FILE, SUBDIRS, group_split_ids, write_record
+from .inpaint import (
+    INPAINT_FRACTIONS,
+    MANIFEST_FILE,
+    SPLIT_FILE,
+    SUBDIRS,
+    group_split_ids,
+    write_record,
+)
 from .manipulations import MANIPULATIONS, manipulate
 from .medfake import MANIFEST_COLUMNS, MANIFEST_NAME, is_image_file
 
@@ -60,8 +67,8 @@ VARIANT_REGIONS: dict[str, tuple[int, ...]] = {"m1": (1,), "m2": (2,), "m3": (3,
 #: Manipulations of the default build: the inpainting kinds, as in the paper's MedFakeInpaint
 #: (DDPM inpainting regenerates a region's content). ``copy_move`` is opt-in (``inpaint_kinds``):
 #: its pasted content is genuine tissue of the same slice, which a single-image density model
-#: cannot tell from untouched tissue (box recall 0.00 even on training images, see
-#: docs/reports/README.md); detecting it needs a self-similarity search, not this localizer.
+#: cannot tell from untouched tissue (box recall 0.00 even on training images; README.md, "What
+#: the models can and cannot do"); detecting it needs a self-similarity search.
 DEFAULT_INPAINT_KINDS: tuple[str, ...] = ("lesion", "removal")
 INPAINT_MANIFEST_COLUMNS: tuple[str, ...] = ("id", "source", "variant", "kind", "n_regions")
 MEDFAKE_DIR, INPAINT_DIR = "medfake", "medfakeinpaint"
@@ -552,7 +559,7 @@ def build_datasets(
         bar.close()
 
     _write_csv(mf_root / MANIFEST_NAME, (*MANIFEST_COLUMNS, "source"), medfake_rows, "path")
-    _write_csv(ip_root / "manifest.csv", INPAINT_MANIFEST_COLUMNS, inpaint_rows, "id")
+    _write_csv(ip_root / MANIFEST_FILE, INPAINT_MANIFEST_COLUMNS, inpaint_rows, "id")
     split = group_split_ids(sorted(r["id"] for r in inpaint_rows), seed, fractions)
     (ip_root / SPLIT_FILE).write_text(
         json.dumps({"val": split["val"], "test": split["test"]}, indent=1) + "\n", encoding="utf-8"

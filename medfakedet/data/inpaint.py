@@ -16,6 +16,8 @@ paper's random split did not, so near-identical variants leak between train and 
 
 from __future__ import annotations
 
+import csv
+
 import json
 import re
 from pathlib import Path
@@ -54,6 +56,21 @@ INPAINT_FRACTIONS: tuple[float, float, float] = (0.85, 0.10, 0.05)
 DENSITY_SIGMA_128 = 2.0
 
 _VARIANT = re.compile(r"^(?P<group>.+)_(?P<variant>orig|m\d+)$")
+
+
+MANIFEST_FILE = "manifest.csv"
+
+
+def read_manipulation_kinds(root: str | Path) -> dict[str, str]:
+    """``{image ID: "lesion+removal"...}`` from the builder's ``manifest.csv`` ("" = untouched).
+
+    Empty when the folder has no manifest (the paper's dataset has none).
+    """
+    path = Path(root) / MANIFEST_FILE
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as f:
+        return {row["id"]: row.get("kind") or "" for row in csv.DictReader(f)}
 
 
 def group_of(image_id: str) -> str:
