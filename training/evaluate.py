@@ -825,7 +825,7 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
                         ]
                         for r in result["by_kind"]
                     ],
-                ),  # fmt: skip
+                ),
                 "",
             ]
     if result.get("robustness"):

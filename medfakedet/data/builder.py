@@ -47,7 +47,6 @@ from medfakedet.preprocess import resize_tensor, to_channels, to_tensor
 
 from .inpaint import (
     INPAINT_FRACTIONS,
-    MANIFEST_FILE,
     SPLIT_FILE,
     SUBDIRS,
     group_split_ids,
@@ -559,7 +558,7 @@ def build_datasets(
         bar.close()
 
     _write_csv(mf_root / MANIFEST_NAME, (*MANIFEST_COLUMNS, "source"), medfake_rows, "path")
-    _write_csv(ip_root / MANIFEST_FILE, INPAINT_MANIFEST_COLUMNS, inpaint_rows, "id")
+    _write_csv(ip_root / MANIFEST_NAME, INPAINT_MANIFEST_COLUMNS, inpaint_rows, "id")
     split = group_split_ids(sorted(r["id"] for r in inpaint_rows), seed, fractions)
     (ip_root / SPLIT_FILE).write_text(
         json.dumps({"val": split["val"], "test": split["test"]}, indent=1) + "\n", encoding="utf-8"

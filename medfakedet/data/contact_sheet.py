@@ -104,7 +104,7 @@ def make_contact_sheet(
             else ""
         )
         rows.append((caption, [_gray(mf_root / r["path"], tile).convert("RGB") for r in picked]))
-    inpaint = [r for r in _read_rows(ip_root / "manifest.csv") if r["variant"] != "orig"]
+    inpaint = [r for r in _read_rows(ip_root / MANIFEST_NAME) if r["variant"] != "orig"]
     per_example = 4
     examples = _spread(inpaint, inpaint_rows * (per_row // per_example), "variant")
     for k in range(0, len(examples), per_row // per_example):

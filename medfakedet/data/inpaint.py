@@ -16,8 +16,6 @@ paper's random split did not, so near-identical variants leak between train and 
 
 from __future__ import annotations
 
-import csv
-
 import json
 import re
 from pathlib import Path
@@ -46,7 +44,7 @@ from medfakedet.preprocess import (
     to_tensor,
 )
 
-from .medfake import SPLITS, PixelCache, assign_groups, is_image_file, item_seed
+from .medfake import SPLITS, PixelCache, assign_groups, is_image_file, item_seed, read_manifest
 
 SPLIT_FILE = "split_fixed_density.json"
 SUBDIRS: tuple[str, ...] = ("images", "density", "masks", "labels")
@@ -58,19 +56,12 @@ DENSITY_SIGMA_128 = 2.0
 _VARIANT = re.compile(r"^(?P<group>.+)_(?P<variant>orig|m\d+)$")
 
 
-MANIFEST_FILE = "manifest.csv"
-
-
 def read_manipulation_kinds(root: str | Path) -> dict[str, str]:
     """``{image ID: "lesion+removal"...}`` from the builder's ``manifest.csv`` ("" = untouched).
 
     Empty when the folder has no manifest (the paper's dataset has none).
     """
-    path = Path(root) / MANIFEST_FILE
-    if not path.is_file():
-        return {}
-    with path.open(newline="", encoding="utf-8") as f:
-        return {row["id"]: row.get("kind") or "" for row in csv.DictReader(f)}
+    return {i: row.get("kind") or "" for i, row in read_manifest(Path(root), "id").items()}
 
 
 def group_of(image_id: str) -> str:

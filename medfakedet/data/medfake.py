@@ -60,13 +60,14 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
-def read_manifest(root: Path) -> dict[str, dict[str, str]]:
-    """Rows of ``root/manifest.csv`` keyed by their relative ``path`` (empty when absent)."""
+def read_manifest(root: Path, key: str = "path") -> dict[str, dict[str, str]]:
+    """Rows of ``root/manifest.csv`` keyed by their ``key`` column (MedFake: the relative
+    ``path``; MedFakeInpaint: the image ``id``); empty when absent."""
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         return {}
     with path.open(newline="", encoding="utf-8") as f:
-        return {row["path"]: row for row in csv.DictReader(f) if row.get("path")}
+        return {row[key]: row for row in csv.DictReader(f) if row.get(key)}
 
 
 def scan_medfake(root: str | Path) -> list[Sample]:
