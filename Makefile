@@ -24,7 +24,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@scripts/check-prereqs.sh $(PYTHON)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check -q -e '.[serve,dev]'
+	$(VENV)/bin/pip install --disable-pip-version-check -q -e '.[train,serve,dev]'
 	@touch $@
 
 test: setup
