@@ -181,3 +181,24 @@ def test_dockerfile_is_pinned_non_root_and_ships_the_archives() -> None:
     assert "torch==${TORCH_VERSION}" in text
     ignore = (ROOT / "config" / "Dockerfile.dockerignore").read_text().split()
     assert ignore[0:1] == ["*"] or "*" in ignore  # build context limited to what is copied
+
+
+def test_dockerfile_copies_only_what_the_build_context_sends_and_no_training_stack() -> None:
+    text = (ROOT / "config" / "Dockerfile").read_text()
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (ROOT / "config" / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    sources = []
+    for line in re.findall(r"^COPY (.+)$", text, re.MULTILINE):
+        words = [w for w in line.split() if not w.startswith("--")]
+        if not words[0].startswith("<<"):  # a here-document is not read from the context
+            sources += words[:-1]
+    assert sources, "no COPY found"
+    # pyproject's `readme` must be in the context too, or `pip install .` fails in the build
+    assert {"pyproject.toml", "README.md"} <= set(sources)
+    for src in sources:
+        assert src.rstrip("/") in allowed, f"COPY {src} is excluded by Dockerfile.dockerignore"
+    installs = re.findall(r'pip install "?\.\[([\w,]+)\]', text)
+    assert installs == ["serve"], installs  # serving extra only: no [train] stack in the image
