@@ -15,29 +15,42 @@ changed, so it caps ``max_pixels`` too) and truncated files are rejected, never 
 (``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set). Warnings are filtered with
 ``warnings.catch_warnings``, which is process-global state: call this from one thread per process
 (TorchServe workers are processes) or accept that a concurrent thread may see the filter.
+
+This module sniffs the format and decodes the PIL formats; DICOM is decoded in
+:mod:`medfakedet.dicom`, and the result type, limits and errors live in :mod:`medfakedet.decoding`
+(re-exported here, the one place callers import them from).
 """
 
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import struct
 import warnings
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pydicom
-import pydicom.pixels as dicom_pixels
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from medfakedet.decoding import (
+    DEFAULT_LIMITS,
+    DecodedImage,
+    DecodeLimits,
+    EmptyInputError,
+    ImageDecodeError,
+    NotAnImageError,
+    PayloadTooLargeError,
+    TooManyPixelsError,
+    TruncatedImageError,
+    UnsupportedImageError,
+    check_pixel_count,
+    min_max_scaled,
+    pixel_limit_text,
+    scaled,
+)
+from medfakedet.dicom import decode_dicom
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -63,99 +76,6 @@ ACCEPTED_FORMATS = (*_PIL_FORMATS, "DICOM")
 _ACCEPTED_TEXT = "PNG (8/16-bit), JPEG, BMP, TIFF (8/16-bit) or DICOM (uncompressed or JPEG/RLE)"
 
 _ORIENTATION_TAG = 0x0112
-_DICOM_COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"}
-_DICOM_GRAY = {"MONOCHROME1", "MONOCHROME2"}
-
-
-# --------------------------------------------------------------------------------------- errors
-class ImageDecodeError(ValueError):
-    """Base class of every decode failure; ``status`` is the HTTP status to answer with."""
-
-    status: int = 400
-
-
-class EmptyInputError(ImageDecodeError):
-    """No bytes at all."""
-
-    status = 400
-
-
-class NotAnImageError(ImageDecodeError):
-    """Bytes that are not an image in any recognised format."""
-
-    status = 400
-
-
-class TruncatedImageError(ImageDecodeError):
-    """A recognised format whose header or pixel data is cut short or corrupt."""
-
-    status = 400
-
-
-class TooManyPixelsError(ImageDecodeError):
-    """Declared width x height above ``DecodeLimits.max_pixels`` (or PIL's bomb limit)."""
-
-    status = 413
-
-
-class PayloadTooLargeError(ImageDecodeError):
-    """More bytes than ``DecodeLimits.max_bytes``."""
-
-    status = 413
-
-
-class UnsupportedImageError(ImageDecodeError):
-    """A real image we cannot decode: other formats, compressed DICOM without a decoder, modes."""
-
-    status = 415
-
-
-# --------------------------------------------------------------------------------------- limits
-@dataclass(frozen=True)
-class DecodeLimits:
-    """Upper bounds applied before decoding.
-
-    Attributes:
-        max_bytes: largest accepted input, in bytes.
-        max_pixels: largest accepted width * height. PIL's own ``Image.MAX_IMAGE_PIXELS``
-            (about 89 M pixels) is left on, so a larger value here is capped by it.
-    """
-
-    max_bytes: int = 50 * 2**20
-    max_pixels: int = 8192 * 8192
-
-
-DEFAULT_LIMITS = DecodeLimits()
-
-
-@dataclass(frozen=True, eq=False)
-class DecodedImage:
-    """A decoded image.
-
-    Attributes:
-        pixels: float32 array ``H x W x C`` in [0, 1], C = 1 (gray) or 3 (RGB).
-        width: pixel columns (after EXIF orientation, i.e. as a viewer shows the image).
-        height: pixel rows.
-        format: source format: "PNG", "JPEG", "BMP", "TIFF" or "DICOM".
-        mode: source pixel mode: the PIL mode (e.g. "L", "I;16", "RGBA", "P") or the DICOM
-            PhotometricInterpretation (e.g. "MONOCHROME2").
-    """
-
-    pixels: np.ndarray
-    width: int
-    height: int
-    format: str
-    mode: str
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(width, height)``, PIL's order."""
-        return (self.width, self.height)
-
-    @property
-    def channels(self) -> int:
-        """Number of channels (1 or 3)."""
-        return int(self.pixels.shape[2])
 
 
 # ------------------------------------------------------------------------------------ public API
@@ -192,7 +112,7 @@ def decode_image(
     data = bytes(data) if isinstance(data, memoryview) else data
 
     if _has_dicom_magic(data):
-        return _decode_dicom(data, limits, force=False)
+        return decode_dicom(data, limits, force=False)
     return _decode_pil(data, limits)
 
 
@@ -226,8 +146,8 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * np.uint8(255)
     if np.issubdtype(arr.dtype, np.floating):
-        scaled = np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0
-        return np.rint(scaled).astype(np.uint8)
+        unit = np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0)
+        return np.rint(unit * 255.0).astype(np.uint8)
     raise ValueError(f"to_uint8 expects float in [0, 1], bool or uint8 pixels, got {arr.dtype}")
 
 
@@ -251,23 +171,6 @@ def _too_many_bytes_message(n_bytes: int, max_bytes: int) -> str:
         f"image is {n_bytes:,} bytes ({n_bytes / 2**20:.1f} MiB); "
         f"the limit is {max_bytes:,} bytes ({max_bytes / 2**20:.1f} MiB)"
     )
-
-
-def _limit_text(max_pixels: int) -> str:
-    side = math.isqrt(max_pixels)
-    if side * side == max_pixels:
-        return f"the limit is {side}x{side} ({max_pixels:,} pixels)"
-    return f"the limit is {max_pixels:,} pixels"
-
-
-def _check_pixels(width: int, height: int, limits: DecodeLimits) -> None:
-    n = width * height
-    if n > limits.max_pixels:
-        raise TooManyPixelsError(
-            f"image is {width}x{height} pixels ({n:.1e}); {_limit_text(limits.max_pixels)}"
-        )
-    if width <= 0 or height <= 0:
-        raise TruncatedImageError(f"image declares an empty size {width}x{height}")
 
 
 # ------------------------------------------------------------------------------------ sniffing
@@ -318,7 +221,7 @@ def _bomb_error(data: bytes, exc: Exception, limits: DecodeLimits) -> TooManyPix
     else:
         match = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(match.group(1)):,} pixels" if match else "too many pixels"
-    return TooManyPixelsError(f"image is {size}; {_limit_text(limit)}{source}")
+    return TooManyPixelsError(f"image is {size}; {pixel_limit_text(limit)}{source}")
 
 
 # ----------------------------------------------------------------------------------------- PIL
@@ -342,7 +245,7 @@ def _decode_pil(data: bytes, limits: DecodeLimits) -> DecodedImage:
             ) from None
 
         with im:
-            _check_pixels(im.width, im.height, limits)  # before any pixel data is decoded
+            check_pixel_count(im.width, im.height, limits)  # before any pixel data is decoded
             fmt, source_mode = str(im.format), im.mode
             try:
                 im.load()
@@ -364,7 +267,7 @@ def _decode_unidentified(data: bytes, limits: DecodeLimits) -> DecodedImage:
             f"data starts like a {fmt} file but its header is truncated or corrupt"
         )
     if _looks_like_bare_dicom(data):
-        return _decode_dicom(data, limits, force=True)
+        return decode_dicom(data, limits, force=True)
     other = _identify_any_pil_format(data)
     if other is not None:
         raise UnsupportedImageError(f"{other} images are not accepted; send {_ACCEPTED_TEXT}")
@@ -394,25 +297,6 @@ def _apply_exif_orientation(im: Image.Image) -> Image.Image:
     return im
 
 
-def _scaled(arr: np.ndarray, scale: float) -> np.ndarray:
-    out = arr.astype(np.float32)
-    out *= np.float32(1.0 / scale)
-    return out
-
-
-def _min_max(arr: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1] by the finite min and max; non-finite values and constant images -> 0."""
-    out = np.asarray(arr, dtype=np.float32)
-    finite = np.isfinite(out)
-    if not finite.any():
-        return np.zeros_like(out)
-    lo, hi = float(out[finite].min()), float(out[finite].max())
-    if hi <= lo:
-        return np.zeros_like(out)
-    scaled = (out - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-    return np.where(finite, scaled, np.float32(0.0)).astype(np.float32)
-
-
 def _over_black(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Composite 8-bit ``colour`` (H x W x C) over black with 8-bit ``alpha`` (H x W)."""
     out = colour.astype(np.float32)
@@ -432,21 +316,21 @@ def _pil_to_pixels(im: Image.Image) -> np.ndarray:
     if mode == "1":
         arr = np.asarray(im, dtype=np.float32)
     elif mode == "L":
-        arr = _scaled(np.asarray(im), 255.0)
+        arr = scaled(np.asarray(im), 255.0)
     elif mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        arr = _scaled(np.asarray(im), 65535.0)  # full 16-bit range keeps brightness
+        arr = scaled(np.asarray(im), 65535.0)  # full 16-bit range keeps brightness
     elif mode == "I":
         raw = np.asarray(im)
         # 32-bit ints holding 16-bit data (the usual case) keep the 16-bit scale; else min-max.
         in_16bit = raw.size == 0 or (int(raw.min()) >= 0 and int(raw.max()) <= 65535)
-        arr = _scaled(raw, 65535.0) if in_16bit else _min_max(raw)
+        arr = scaled(raw, 65535.0) if in_16bit else min_max_scaled(raw)
     elif mode == "F":
-        arr = _min_max(np.asarray(im))
+        arr = min_max_scaled(np.asarray(im))
     elif mode == "LA":
         la = np.asarray(im)
         arr = _over_black(la[:, :, :1], la[:, :, 1])
     elif mode == "RGB":
-        arr = _scaled(np.asarray(im), 255.0)
+        arr = scaled(np.asarray(im), 255.0)
     elif mode in ("RGBA", "RGBa"):
         rgba = np.asarray(im.convert("RGBA"))
         arr = _over_black(rgba[:, :, :3], rgba[:, :, 3])
@@ -458,9 +342,9 @@ def _pil_to_pixels(im: Image.Image) -> np.ndarray:
             arr = _over_black(rgba[:, :, :1] if gray else rgba[:, :, :3], rgba[:, :, 3])
         else:
             rgb = np.asarray(im.convert("RGB"))
-            arr = _scaled(rgb[:, :, :1] if gray else rgb, 255.0)
+            arr = scaled(rgb[:, :, :1] if gray else rgb, 255.0)
     elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
-        arr = _scaled(np.asarray(im.convert("RGB")), 255.0)
+        arr = scaled(np.asarray(im.convert("RGB")), 255.0)
     else:
         raise UnsupportedImageError(
             f"{im.format} pixel mode {mode!r} is not supported; accepted modes: 1, L, LA, P, RGB, "
@@ -469,128 +353,3 @@ def _pil_to_pixels(im: Image.Image) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-# --------------------------------------------------------------------------------------- DICOM
-def _decode_dicom(data: bytes, limits: DecodeLimits, *, force: bool) -> DecodedImage:
-    """Decode a single-image DICOM (first frame of a multi-frame one).
-
-    Monochrome: modality LUT (RescaleSlope/Intercept, or a Modality LUT Sequence), then the first
-    WindowCenter/WindowWidth pair (LINEAR, LINEAR_EXACT or SIGMOID) when present, else min-max;
-    MONOCHROME1 is inverted so that high values are bright. Colour (RGB, YBR_*, converted to RGB
-    by pydicom) is scaled by the stored bit depth. A VOI LUT Sequence is not applied (min-max).
-    """
-    # force=True reads files without the preamble; those are only tried when they look like DICOM.
-    bad = NotAnImageError if force else TruncatedImageError
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=force)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, struct.error) as exc:
-        raise bad(f"DICOM file could not be parsed ({exc}); it is truncated or corrupt") from None
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise bad("DICOM file contains no pixel data (not an image object, or truncated)")
-    rows, cols = ds.get("Rows"), ds.get("Columns")
-    if not rows or not cols:
-        raise TruncatedImageError("DICOM file has pixel data but no Rows/Columns")
-    _check_pixels(int(cols), int(rows), limits)  # before touching the pixel data
-
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    if photometric not in _DICOM_GRAY | _DICOM_COLOUR:
-        raise UnsupportedImageError(
-            f"DICOM PhotometricInterpretation {photometric!r} is not supported; accepted: "
-            "MONOCHROME1, MONOCHROME2, RGB, YBR_FULL(_422)"
-        )
-
-    transfer_syntax = _transfer_syntax(ds)
-    try:
-        decoder = dicom_pixels.get_decoder(transfer_syntax)
-    except NotImplementedError:
-        raise UnsupportedImageError(
-            f"DICOM transfer syntax {transfer_syntax.name} ({transfer_syntax}) cannot be decoded "
-            "here; send uncompressed DICOM (Explicit/Implicit VR Little Endian), PNG or TIFF"
-        ) from None
-    if not decoder.is_available:
-        raise UnsupportedImageError(
-            f"DICOM transfer syntax {transfer_syntax.name} ({transfer_syntax}) needs a "
-            f"decoder that is not installed ({'; '.join(decoder.missing_dependencies)}); "
-            "send uncompressed DICOM, PNG or TIFF instead"
-        )
-    try:
-        raw = dicom_pixels.pixel_array(ds, index=0)
-    except MemoryError:
-        raise
-    except Exception as exc:  # plugins raise many types on corrupt data
-        raise TruncatedImageError(f"DICOM pixel data is truncated or corrupt ({exc})") from None
-
-    if photometric in _DICOM_COLOUR:
-        if raw.ndim != 3 or raw.shape[2] != 3:
-            raise TruncatedImageError(f"DICOM {photometric} frame has shape {raw.shape}, not HxWx3")
-        bits = int(ds.get("BitsStored") or raw.dtype.itemsize * 8)
-        pixels = np.clip(_scaled(raw, float(2**bits - 1)), 0.0, 1.0)
-    else:
-        if raw.ndim != 2:
-            raise TruncatedImageError(f"DICOM {photometric} frame has shape {raw.shape}, not HxW")
-        pixels = _dicom_gray(raw, ds)
-        if photometric == "MONOCHROME1":
-            pixels = 1.0 - pixels  # MONOCHROME1: minimum value is white
-        pixels = pixels[:, :, None]
-    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-    h, w = pixels.shape[:2]
-    return DecodedImage(pixels=pixels, width=w, height=h, format="DICOM", mode=photometric)
-
-
-def _transfer_syntax(ds: Dataset) -> UID:
-    uid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if uid:
-        return UID(str(uid))
-    # Files without a meta header: use the encoding pydicom detected while reading.
-    implicit, little = getattr(ds, "original_encoding", (True, True))
-    if little is False:
-        uid = ExplicitVRBigEndian
-    else:
-        uid = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-    ds.file_meta.TransferSyntaxUID = uid
-    return uid
-
-
-def _first_number(value: Any) -> float | None:
-    """First number of a DS/IS value that may be multi-valued (e.g. two window centers)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        if len(value) == 0:
-            return None
-        value = value[0]
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _dicom_gray(raw: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Monochrome DICOM frame -> float32 H x W in [0, 1] (before MONOCHROME1 inversion)."""
-    if "ModalityLUTSequence" in ds:
-        values = np.asarray(dicom_pixels.apply_modality_lut(raw, ds), dtype=np.float32)
-    else:
-        slope = _first_number(ds.get("RescaleSlope"))
-        intercept = _first_number(ds.get("RescaleIntercept"))
-        values = raw.astype(np.float32)
-        if slope is not None and slope != 1.0:
-            values *= np.float32(slope)
-        if intercept is not None and intercept != 0.0:
-            values += np.float32(intercept)
-
-    center = _first_number(ds.get("WindowCenter"))
-    width = _first_number(ds.get("WindowWidth"))
-    if center is None or width is None or width <= 0:
-        return _min_max(values)
-    function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
-    c, w = np.float32(center), np.float32(width)
-    if function == "SIGMOID":
-        out = 1.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
-    elif function == "LINEAR_EXACT":
-        out = (values - c) / w + np.float32(0.5)
-    elif width <= 1.0:  # DICOM PS3.3 C.11.2.1.2: width 1 is a threshold at center - 0.5
-        out = (values > c - np.float32(0.5)).astype(np.float32)
-    else:  # LINEAR, DICOM PS3.3 C.11.2.1.2.1
-        out = (values - (c - np.float32(0.5))) / (w - np.float32(1.0)) + np.float32(0.5)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)

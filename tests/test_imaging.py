@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
+import pydicom.pixels
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -187,15 +187,32 @@ def test_png_with_cut_or_broken_header_is_truncated_not_unknown() -> None:
         decode_image(png[:8] + b"garbage-garbage-garbage")
 
 
-def test_png_decompression_bomb_header_rejected_before_decoding() -> None:
+@pytest.fixture
+def pil_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Records the size of every image whose pixel data PIL decodes (``ImageFile.load``)."""
+    calls: list[tuple[int, int]] = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy(im: ImageFile.ImageFile):  # noqa: ANN202 - PIL's own return type
+        calls.append(im.size)
+        return real_load(im)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    return calls
+
+
+def test_png_decompression_bomb_header_rejected_before_decoding(
+    pil_loads: list[tuple[int, int]],
+) -> None:
     png = encode(Image.fromarray(gradient_u8(8, 8)), "PNG")
     bomb = patch_png_size(png, 40000, 40000)
-    start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no DecompressionBombWarning may leak out
         with pytest.raises(TooManyPixelsError) as info:
             decode_image(bomb)
-    assert time.perf_counter() - start < 1.0
+    assert pil_loads == []  # rejected from the header: no pixel buffer was ever allocated
+    decode_image(png)
+    assert set(pil_loads) == {(8, 8)}  # the spy does see a real decode
     message = str(info.value)
     assert "40000x40000 pixels (1.6e+09)" in message
     assert "8192x8192 (67,108,864 pixels)" in message
@@ -215,10 +232,11 @@ def test_pil_bomb_limit_still_applies_above_a_larger_custom_limit() -> None:
     assert "decompression-bomb" in str(info.value)
 
 
-def test_png_over_custom_pixel_limit_uses_declared_size() -> None:
+def test_png_over_custom_pixel_limit_uses_declared_size(pil_loads: list[tuple[int, int]]) -> None:
     png = encode(Image.fromarray(gradient_u8(30, 40)), "PNG")
     with pytest.raises(TooManyPixelsError, match=r"40x30 pixels .*the limit is 1,000 pixels"):
         decode_image(png, DecodeLimits(max_pixels=1000))
+    assert pil_loads == []  # PIL opened the header, but the pixel data was never decoded
     # Exactly at the limit is accepted.
     assert decode_image(png, DecodeLimits(max_pixels=1200)).size == (40, 30)
 
@@ -429,6 +447,132 @@ def test_dicom_rescale_slope_without_window_is_min_max() -> None:
     np.testing.assert_allclose(out.pixels[:, :, 0], [[0, 0.25], [0.5, 1.0]], atol=1e-6)
 
 
+def linear_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2.1 LINEAR window onto [0, 1], written out independently."""
+    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
+
+
+def lut_item(descriptor: list[int], entries: np.ndarray) -> Dataset:
+    """A VOI / Modality LUT Sequence item; LUT Data written as 16-bit words (OW)."""
+    item = Dataset()
+    item.LUTDescriptor = descriptor
+    item.LUTData = entries.astype("<u2").tobytes()
+    return item
+
+
+def test_dicom_rescale_slope_and_intercept_then_window() -> None:
+    stored = np.array([[-2000, -200, 0], [150, 200, 3000]], dtype=np.int16)
+    data = make_dicom(
+        stored, RescaleSlope=0.5, RescaleIntercept=-100, WindowCenter=0, WindowWidth=201
+    )
+    out = decode_image(data).pixels[:, :, 0]
+    expected = linear_window(stored * 0.5 - 100, 0, 201)  # -1100, -200, -100, -25, 0, 1400
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert out[1, 0] == pytest.approx((-25 + 0.5) / 200 + 0.5, abs=1e-6)
+    # A slope without an intercept is still applied (pydicom alone needs both).
+    out = decode_image(make_dicom(stored, RescaleSlope=0.5, WindowCenter=0, WindowWidth=201))
+    np.testing.assert_allclose(out.pixels[:, :, 0], linear_window(stored * 0.5, 0, 201), atol=1e-6)
+
+
+def test_dicom_modality_lut_sequence_then_window() -> None:
+    stored = np.array([[0, 1000, 1001], [1128, 1255, 4000]], dtype=np.uint16)
+    modality = lut_item([4096, 0, 16], np.arange(4096) * 2)  # stored value v -> 2 v
+    out = decode_image(
+        make_dicom(stored, ModalityLUTSequence=[modality], WindowCenter=2000, WindowWidth=1000)
+    )
+    expected = linear_window(stored * 2.0, 2000, 1000)
+    np.testing.assert_allclose(out.pixels[:, :, 0], expected, atol=1e-6)
+    assert out.pixels[0, 1, 0] == pytest.approx(0.5 / 999 + 0.5, abs=1e-6)  # 2000 -> mid-grey
+
+
+def test_dicom_voi_lut_sequence_is_applied_after_rescale_and_before_the_window() -> None:
+    # A decreasing 8-bit LUT over the modality values 1000..1255: nothing a window could give.
+    stored = np.array([[0, 1, 128], [255, 300, 5]], dtype=np.uint16)
+    voi = lut_item([256, 1000, 8], 255 - np.arange(256))
+    data = make_dicom(
+        stored,
+        RescaleSlope=1,
+        RescaleIntercept=1000,
+        VOILUTSequence=[voi],
+        WindowCenter=40,  # a window is there too: the LUT wins, as in pydicom
+        WindowWidth=400,
+    )
+    out = decode_image(data).pixels[:, :, 0]
+    index = np.clip(stored.astype(int), 0, 255)  # modality value - first mapped (1000), clamped
+    np.testing.assert_allclose(out, (255 - index) / 255.0, atol=1e-6)
+    assert out[0, 0] == 1.0 and out[1, 1] == 0.0 and out[0, 2] == pytest.approx(127 / 255)
+
+
+def test_dicom_voi_lut_is_scaled_by_its_own_largest_entry() -> None:
+    # Declares 16 bits per entry but holds 12-bit values (as many scanners write): 4095 is white,
+    # whatever the image's own range (min-max would stretch 100..3000 to 0..1).
+    stored = np.array([[100, 1000], [2048, 3000]], dtype=np.uint16)
+    voi = lut_item([4096, 0, 16], np.arange(4096))
+    out = decode_image(make_dicom(stored, VOILUTSequence=[voi])).pixels[:, :, 0]
+    np.testing.assert_allclose(out, stored / 4095.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "lut",
+    [
+        lut_item([256, 0, 9], np.arange(256)),  # 9 bits per entry: not allowed, pydicom refuses
+        lut_item([256, 0, 8], np.arange(10)),  # LUT Data shorter than its descriptor
+    ],
+    ids=["bad-depth", "short-data"],
+)
+def test_dicom_unusable_voi_lut_falls_back_to_the_window(lut: Dataset) -> None:
+    stored = np.array([[0, 100], [150, 300]], dtype=np.uint16)
+    data = make_dicom(stored, VOILUTSequence=[lut], WindowCenter=150, WindowWidth=101)
+    out = decode_image(data).pixels[:, :, 0]
+    np.testing.assert_allclose(out, linear_window(stored.astype(float), 150, 101), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("function", "expected"),
+    [
+        ("LINEAR_EXACT", lambda x: np.clip((x - 2000) / 1000 + 0.5, 0, 1)),
+        ("SIGMOID", lambda x: 1 / (1 + np.exp(-4 * (x - 2000) / 1000))),
+        ("NOT_A_FUNCTION", lambda x: linear_window(x, 2000, 1000)),  # unknown: LINEAR
+    ],
+)
+def test_dicom_voi_lut_functions(function: str, expected) -> None:  # noqa: ANN001
+    stored = np.array([[0, 1500, 1999], [2000, 2400, 4000]], dtype=np.uint16)
+    data = make_dicom(stored, WindowCenter=2000, WindowWidth=1000, VOILUTFunction=function)
+    out = decode_image(data).pixels[:, :, 0]
+    np.testing.assert_allclose(out, expected(stored.astype(float)), atol=1e-6)
+
+
+def test_dicom_multi_valued_window_uses_the_first_and_width_one_is_a_threshold() -> None:
+    stored = np.array([[0, 999], [1000, 4000]], dtype=np.uint16)
+    out = decode_image(make_dicom(stored, WindowCenter=[1000, 40], WindowWidth=[1, 400]))
+    np.testing.assert_array_equal(out.pixels[:, :, 0], [[0, 0], [1, 1]])  # x > 999.5
+
+
+@pytest.mark.parametrize(
+    ("center", "width"),
+    [("NaN", 400), (40, "NaN"), ("inf", 400), (40, "-inf"), (40, 0), (40, -5), ("", 400)],
+)
+def test_dicom_unusable_window_falls_back_to_min_max(center: object, width: object) -> None:
+    stored = np.array([[100, 200], [300, 500]], dtype=np.uint16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom warns about "NaN" as a DS value
+        out = decode_image(make_dicom(stored, WindowCenter=center, WindowWidth=width))
+    assert np.isfinite(out.pixels).all()
+    np.testing.assert_allclose(out.pixels[:, :, 0], [[0, 0.25], [0.5, 1.0]], atol=1e-6)
+
+
+def test_dicom_non_finite_rescale_is_ignored() -> None:
+    stored = np.array([[0, 100], [150, 300]], dtype=np.uint16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        data = make_dicom(
+            stored, RescaleSlope="NaN", RescaleIntercept="inf", WindowCenter=150, WindowWidth=101
+        )
+    out = decode_image(data).pixels[:, :, 0]
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, linear_window(stored.astype(float), 150, 101), atol=1e-6)
+
+
 def test_dicom_monochrome1_inverted() -> None:
     stored = np.array([[0, 100], [300, 400]], dtype=np.uint16)
     out = decode_image(make_dicom(stored, photometric="MONOCHROME1"))
@@ -468,10 +612,21 @@ def test_dicom_rgb() -> None:
     np.testing.assert_allclose(out.pixels, rgb / 255.0, atol=1e-6)
 
 
-def test_dicom_pixel_limit_checked_before_pixel_data() -> None:
-    stored = np.zeros((30, 40), dtype=np.uint16)
+def test_dicom_pixel_limit_checked_before_pixel_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[int] = []
+    real_pixel_array = pydicom.pixels.pixel_array
+
+    def spy(ds, **kwargs):  # noqa: ANN001, ANN202 - pydicom's signature
+        decoded.append(int(ds.Rows) * int(ds.Columns))
+        return real_pixel_array(ds, **kwargs)
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", spy)
+    data = make_dicom(np.zeros((30, 40), dtype=np.uint16))
     with pytest.raises(TooManyPixelsError, match="40x30 pixels"):
-        decode_image(make_dicom(stored), DecodeLimits(max_pixels=100))
+        decode_image(data, DecodeLimits(max_pixels=100))
+    assert decoded == []  # refused from Rows/Columns: the pixel data was never decoded
+    assert decode_image(data).size == (40, 30)
+    assert decoded == [1200]
 
 
 def test_dicom_compressed_without_decoder_is_unsupported() -> None:
