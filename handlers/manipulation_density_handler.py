@@ -9,8 +9,9 @@ archive's own copy of ``medfakedet`` (next to this file, on the worker's PYTHONP
 import logging
 import time
 
-from medfakedet.predictors import DensityPredictor, package_dirs, select_device
+from medfakedet.predictors import DensityPredictor, package_dirs
 from medfakedet.requests import density_items, responses
+from medfakedet.runtime import select_device
 
 logger = logging.getLogger(__name__)
 

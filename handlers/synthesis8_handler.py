@@ -8,8 +8,9 @@ line at start says which file was loaded).
 import logging
 import time
 
-from medfakedet.predictors import Synthesis8Predictor, package_dirs, select_device
+from medfakedet.predictors import Synthesis8Predictor, package_dirs
 from medfakedet.requests import explain_flags, image_items, responses
+from medfakedet.runtime import select_device
 
 logger = logging.getLogger(__name__)
 

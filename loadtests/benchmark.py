@@ -165,7 +165,8 @@ def bench_in_process(
     """Time ``predict([one image])`` of the offline predictor; a note string if unavailable."""
     try:
         from medfakedet.artifacts import ArtifactError
-        from medfakedet.predictors import DensityPredictor, PredictionError, Synthesis8Predictor
+        from medfakedet.predictors import DensityPredictor, Synthesis8Predictor
+        from medfakedet.schema import PredictionError
     except ImportError as e:
         return f"in-process baseline skipped: {e}"
     cls = Synthesis8Predictor if endpoint == "synthesis8" else DensityPredictor

@@ -199,7 +199,8 @@ class OfflineScanner:
         import torch  # heavy: only offline scans pay for it
 
         from medfakedet.artifacts import ArtifactError
-        from medfakedet.predictors import DensityParams, DensityPredictor, Synthesis8Predictor
+        from medfakedet.predictors import DensityPredictor, Synthesis8Predictor
+        from medfakedet.schema import DensityParams
 
         if device == "auto":
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
@@ -238,7 +239,7 @@ class OfflineScanner:
 
     def _scan_batch(self, files: Sequence[Path]) -> list[ScanRow]:
         from medfakedet.imaging import ImageDecodeError, load_image_file
-        from medfakedet.predictors import PredictionError
+        from medfakedet.schema import PredictionError
 
         rows = [ScanRow(file=str(f)) for f in files]
         images = {}

@@ -25,12 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from medfakedet.predictors import DensityParams, PredictionError
+from medfakedet.schema import DENSITY_FIELDS, DensityParams, PredictionError
 
 #: Keys that may carry the image: the paper's form field first, then raw-body keys.
 IMAGE_FIELDS: tuple[str, ...] = ("image", "body", "data", "file")
-#: Parameter fields of the manipulation_density endpoint (names of the paper's form).
-DENSITY_FIELDS: tuple[str, ...] = ("thr", "min_area", "return_density")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -21,14 +21,9 @@ from medfakedet.deploy import stage_archive_files
 from medfakedet.imaging import decode_image, encode_png
 from medfakedet.labels import CLASS_NAMES
 from medfakedet.models import build_classifier
-from medfakedet.predictors import (
-    DensityParams,
-    DensityPredictor,
-    PredictionError,
-    Synthesis8Predictor,
-    select_device,
-)
+from medfakedet.predictors import DensityPredictor, Synthesis8Predictor
 from medfakedet.preprocess import CLASSIFIER_PREPROCESS, LOCALIZER_PREPROCESS
+from medfakedet.schema import DensityParams, PredictionError
 
 
 @pytest.fixture(scope="module")
@@ -154,14 +149,11 @@ def test_bad_params_and_artifacts(s8_dir, density_dir):
         DensityPredictor.from_artifact(density_dir).predict([b"", b""], [None])
 
 
-def test_select_device_falls_back_to_cpu():
-    assert select_device(None).type == "cpu"
-    if not torch.cuda.is_available():
-        assert select_device(0).type == "cpu"
-
-
-def test_warmup_runs(s8_dir, density_dir):
-    Synthesis8Predictor.from_artifact(s8_dir).warmup()
+def test_warmup_runs_on_the_device_runtime_selects(s8_dir, density_dir):
+    # TorchServe passes a bare GPU id: the CPU when CUDA is missing, that GPU otherwise
+    p = Synthesis8Predictor.from_artifact(s8_dir, "0")
+    assert p.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    p.warmup()
     DensityPredictor.from_artifact(density_dir).warmup()
 
 

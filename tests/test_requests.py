@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 
 import pytest
 
-from medfakedet.predictors import DensityParams, PredictionError
 from medfakedet.requests import (
-    DENSITY_FIELDS,
     RequestError,
     density_items,
     explain_flags,
@@ -20,6 +20,7 @@ from medfakedet.requests import (
     parse_threshold,
     responses,
 )
+from medfakedet.schema import DENSITY_FIELDS, DensityParams, PredictionError
 
 PNG = b"\x89PNG\r\n\x1a\n fake"
 DEFAULTS = DensityParams(0.28, 20, False)
@@ -136,3 +137,10 @@ class _Ctx:
 def test_explain_flags_are_per_request():
     assert explain_flags(_Ctx([{}, {"explain": "True"}]), 2) == [False, True]
     assert explain_flags(object(), 2) == [False, False]
+
+
+def test_parsing_and_the_schema_import_without_torch():
+    """Request parsing is cheap: it never loads torch (nor the predictors)."""
+    code = "import medfakedet.requests, medfakedet.schema, sys; assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

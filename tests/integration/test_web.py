@@ -17,7 +17,8 @@ import pytest
 from dicom_files import dicom_bytes
 from PIL import Image
 
-from medfakedet.predictors import DensityParams, DensityPredictor, Synthesis8Predictor
+from medfakedet.predictors import DensityPredictor, Synthesis8Predictor
+from medfakedet.schema import DensityParams
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

@@ -1,0 +1,135 @@
+"""The OpenAPI 3.1 document of the paper's endpoints, generated from :mod:`medfakedet.schema`.
+
+    python -m medfakedet.openapi --out docs/openapi.json --out web/openapi.json
+
+Both files are committed (a test checks they are current); nginx serves the web copy at
+``/openapi.json`` next to the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from medfakedet import __version__
+from medfakedet.schema import (
+    DensityForm,
+    DensityJson,
+    DensityResult,
+    ErrorBody,
+    ImageForm,
+    ImageJson,
+    Ping,
+    Synthesis8Explained,
+    Synthesis8Result,
+    TorchServeError,
+)
+
+_COMPONENT = "#/components/schemas/{model}"
+
+
+def _ref(model: type[BaseModel], used: dict[str, type[BaseModel]]) -> dict:
+    """A reference to ``model``'s schema, which the document's components will hold."""
+    used[model.__name__] = model
+    return {"$ref": _COMPONENT.format(model=model.__name__)}
+
+
+def _json(model: type[BaseModel], description: str, used: dict) -> dict:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": _ref(model, used)}},
+    }
+
+
+def _upload(form, body, result, summary: str, doc: str, used: dict) -> dict:
+    """One POST endpoint taking an image as a form field, as raw bytes or as base64 JSON."""
+    raw = {"schema": {"type": "string", "format": "binary"}}
+    errors = {
+        "400": "bad request: no image, not an image, a bad parameter",
+        "413": "the image has too many pixels (nginx answers HTML when the body is over 50 MiB)",
+        "415": "an image format that cannot be read (e.g. compressed DICOM)",
+    }
+    return {
+        "post": {
+            "summary": summary,
+            "description": doc,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {"schema": _ref(form, used)},
+                    "image/*": raw,
+                    "application/octet-stream": raw,
+                    "application/json": {"schema": _ref(body, used)},
+                },
+            },
+            "responses": {
+                "200": _json(result, "the result", used),
+                **{code: _json(ErrorBody, text, used) for code, text in errors.items()},
+                "default": _json(TorchServeError, "TorchServe itself: no worker, timeout", used),
+            },
+        }
+    }
+
+
+def openapi_document() -> dict:
+    """The OpenAPI 3.1 document of the paper's endpoints (served by nginx in front of
+    TorchServe), with every schema generated from the models above."""
+    used: dict[str, type[BaseModel]] = {}
+    paths = {
+        "/detect/synthesis8": _upload(
+            ImageForm, ImageJson, Synthesis8Result, "Organ and real/fake of one image",
+            "The 8 classes (brain/chest/kidney/lung x real/fake), calibrated.", used,
+        ),
+        "/detect/manipulation_density": _upload(
+            DensityForm, DensityJson, DensityResult, "Locally manipulated regions of one image",
+            "Form fields or JSON keys thr, min_area, return_density; a raw body takes the "
+            "calibrated defaults.", used,
+        ),
+        "/explanations/synthesis8": _upload(
+            ImageForm, ImageJson, Synthesis8Explained, "Grad-CAM of the predicted class",
+            "The synthesis8 result plus a heatmap of what the prediction rests on.", used,
+        ),
+        "/ping": {"get": {"summary": "Health of the service",
+                          "responses": {"200": _json(Ping, "healthy", used)}}},
+    }  # fmt: skip
+    schemas: dict[str, Any] = {}
+    for name, model in used.items():
+        schema = model.model_json_schema(ref_template=_COMPONENT)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "MedFakeDet",
+            "version": __version__,
+            "description": "Detect synthetic and locally manipulated medical images. Models "
+            "trained on synthetic data are NOT for clinical use.",
+        },
+        "paths": paths,
+        "components": {"schemas": dict(sorted(schemas.items()))},
+    }
+
+
+def openapi_text() -> str:
+    """:func:`openapi_document` as the committed file's text."""
+    return json.dumps(openapi_document(), indent=2) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write the OpenAPI document of the endpoints.")
+    parser.add_argument("--out", action="append", required=True, help="file to write (repeat)")
+    args = parser.parse_args(argv)
+    text = openapi_text()
+    for out in args.out:
+        Path(out).write_text(text)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
