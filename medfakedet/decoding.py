@@ -12,27 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = [
-    "DEFAULT_LIMITS",
-    "DecodeLimits",
-    "DecodedImage",
-    "EmptyInputError",
-    "ImageDecodeError",
-    "NotAnImageError",
-    "PayloadTooLargeError",
-    "TooManyPixelsError",
-    "TruncatedImageError",
-    "UnsupportedImageError",
-    "check_pixel_count",
-    "min_max_scaled",
-    "pixel_limit_text",
-    "scaled",
-]
-
 
 # --------------------------------------------------------------------------------------- errors
 class ImageDecodeError(ValueError):
-    """Base class of every decode failure; ``status`` is the HTTP status to answer with."""
+    """Base class of every decode failure; ``status`` is the HTTP status to answer with (400
+    unless a subclass says otherwise)."""
 
     status: int = 400
 
@@ -40,19 +24,13 @@ class ImageDecodeError(ValueError):
 class EmptyInputError(ImageDecodeError):
     """No bytes at all."""
 
-    status = 400
-
 
 class NotAnImageError(ImageDecodeError):
     """Bytes that are not an image in any recognised format."""
 
-    status = 400
-
 
 class TruncatedImageError(ImageDecodeError):
     """A recognised format whose header or pixel data is cut short or corrupt."""
-
-    status = 400
 
 
 class TooManyPixelsError(ImageDecodeError):
