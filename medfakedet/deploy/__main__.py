@@ -18,12 +18,10 @@ from medfakedet.deploy import (
     MODELS,
     REPO_ROOT,
     DeployError,
-    Stack,
     StackConfig,
-    _alive,
     archive_all,
     describe,
-    models_ready,
+    stack_status,
     start,
     stop,
 )
@@ -73,12 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "stop":
             print("stopped" if stop(args.log_dir) else "nothing was running")
         else:
-            stack = Stack.load(args.log_dir.resolve())
-            if stack is None or not _alive(stack.torchserve_pid):
+            status = stack_status(args.log_dir)
+            if not status.running:
                 print("not running")
                 return 3
-            print(f"running: {models_ready(stack)}")
-            print(describe(stack))
+            print(f"running: {status.models}")
+            if status.stack.nginx_pid and not status.nginx:
+                print("nginx is not running: restart the stack (make restart)")
+            print(describe(status.stack))
     except DeployError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
