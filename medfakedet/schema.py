@@ -282,14 +282,41 @@ RESULT_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
-def result_problem(endpoint: str, body: Any) -> str | None:
-    """None when ``body`` is a valid result of ``endpoint``, else the first problem, one line."""
+class ResultError(ValueError):
+    """An answer that is not the documented result of its endpoint."""
+
+
+def read_result(endpoint: str, body: Any) -> BaseModel:
+    """``body`` (parsed JSON) as the result model of ``endpoint``.
+
+    Raises:
+        ResultError: the first problem, in one line, e.g. ``"synthesis8: organ: Field required"``.
+    """
     try:
-        RESULT_MODELS[endpoint].model_validate(body)
+        return RESULT_MODELS[endpoint].model_validate(body)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(map(str, first["loc"])) or "body"
-        return f"{endpoint}: {where}: {first['msg']}"
+        raise ResultError(f"{endpoint}: {where}: {first['msg']}") from None
+
+
+def result_problem(endpoint: str, body: Any) -> str | None:
+    """None when ``body`` is a valid result of ``endpoint``, else its first problem."""
+    try:
+        read_result(endpoint, body)
+    except ResultError as e:
+        return str(e)
+    return None
+
+
+def error_message(body: Any) -> str | None:
+    """The message of an error answer: the handlers' :class:`ErrorBody` or TorchServe's own
+    :class:`TorchServeError`; None when ``body`` is neither."""
+    for model, key in ((ErrorBody, "error"), (TorchServeError, "message")):
+        try:
+            return getattr(model.model_validate(body), key)
+        except ValidationError:
+            continue
     return None
 
 

@@ -1,4 +1,5 @@
-"""``medfakedet scan`` offline on crafted artifacts, and in server mode against a stub server.
+"""``medfakedet scan`` offline on crafted artifacts (server mode runs against the real stack in
+``tests/integration/test_cli_server.py``).
 
 The artifacts are random networks whose outputs are fixed by construction: the classifier's fc
 weights are zero and its bias makes one class win with a known softmax; the localizer's density
@@ -14,8 +15,6 @@ import json
 import math
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +23,11 @@ import torch
 from PIL import Image
 
 from medfakedet.artifacts import save_artifact
-from medfakedet.cli import CSV_COLUMNS, main
-from medfakedet.labels import CLASS_NAMES, class_index
+from medfakedet.cli import main
+from medfakedet.labels import CLASS_NAMES
 from medfakedet.models import build_classifier, build_localizer
 from medfakedet.preprocess import CLASSIFIER_PREPROCESS, LOCALIZER_PREPROCESS
+from medfakedet.scan_output import CSV_COLUMNS
 
 LOGIT = 8.0  # the winning class's logit; all others are 0
 DENSITY_BIAS = 6.0  # density map = sigmoid(+-6) everywhere
@@ -257,6 +257,7 @@ def test_folder_scan_recursive_and_batched(
         (["scan", "/no/such/file.png"], "no such file"),
         (["scan", "{png}", "--artifacts", "{tmp}/empty"], "artifact"),
         (["scan", "{png}", "--thr", "1.5"], "--thr"),
+        (["scan", "{png}", "--device", "abacus"], "--device"),
         (["scan", "{png}", "--format", "xml"], "invalid choice"),
         (["scan", "{tmp}/nested"], "--recursive"),
         ([], "usage"),
@@ -284,105 +285,6 @@ def test_missing_localizer_is_fine_with_localize_never(
     assert "manipulation_density" in capsys.readouterr().err
     code, report = _scan_json(capsys, png, "--artifacts", str(only_clf), "--localize", "never")
     assert code == 0 and report["results"][0]["manipulated"] is None
-
-
-# ---------------------------------------------------------------------------- server mode
-class _StubService(BaseHTTPRequestHandler):
-    """Answers like nginx + TorchServe: JSON results; 4xx as the handlers' {error, status}."""
-
-    calls: list[tuple[str, bytes]] = []
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.calls.append((self.path, body))
-        if b"not an image" in body:
-            status, doc = 400, {"error": "not an image file", "status": 400}
-        elif self.path == "/detect/synthesis8":
-            probs = _expected_probs("brain_fake")
-            status, doc = (
-                200,
-                {
-                    "class_id": class_index("brain", True),
-                    "class_name": "brain_fake",
-                    "organ": "brain",
-                    "is_fake": True,
-                    "fake_probability": 0.99,
-                    "organ_probabilities": {"brain": 1.0, "chest": 0.0, "kidney": 0.0, "lung": 0.0},
-                    "probabilities": probs,
-                    "model_version": "stub",
-                },
-            )
-        else:
-            status, doc = (
-                200,
-                {
-                    "is_manipulated": True,
-                    "presence_score": 0.9,
-                    "threshold": 0.5,
-                    "min_area": 7,
-                    "count": 1,
-                    "boxes": [{"x1": 1, "y1": 2, "x2": 30, "y2": 40, "score": 0.9}],
-                    "image_size": {"width": 200, "height": 150},
-                    "model_version": "stub-loc",
-                    "message": "Manipulation likely",
-                },
-            )
-        data = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def stub_server():
-    _StubService.calls = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StubService)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def test_server_mode_posts_multipart_and_reports_4xx_messages(
-    capsys, stub_server: str, images: dict[str, Path]
-) -> None:
-    code, report = _scan_json(
-        capsys,
-        str(images["png"]),
-        str(images["txt"]),
-        "--server",
-        stub_server,
-        "--thr",
-        "0.5",
-        "--min-area",
-        "7",
-    )
-    assert code == 0
-    png, txt = report["results"]
-    assert png["class_name"] == "brain_fake" and png["manipulated"] is True
-    assert png["boxes"] == [{"x1": 1, "y1": 2, "x2": 30, "y2": 40, "score": 0.9}]
-    assert (png["width"], png["height"]) == (200, 150)
-    assert txt["error"] == "synthesis8: HTTP 400: not an image file"
-    paths = [p for p, _ in _StubService.calls]
-    assert paths == ["/detect/synthesis8", "/detect/manipulation_density", "/detect/synthesis8"]
-    synth_body, density_body = _StubService.calls[0][1], _StubService.calls[1][1]
-    assert b'name="image"; filename="brain.png"' in synth_body
-    assert images["png"].read_bytes() in synth_body
-    assert b'name="thr"' not in synth_body  # parameters only go to the localizer
-    assert b'name="thr"\r\n\r\n0.5\r\n' in density_body
-    assert b'name="min_area"\r\n\r\n7\r\n' in density_body
-
-
-def test_unreachable_server_is_a_usage_error(capsys, images: dict[str, Path]) -> None:
-    code = main(["scan", str(images["png"]), "--server", "http://127.0.0.1:9"])
-    assert code == 1
-    assert "cannot reach the server" in capsys.readouterr().err
 
 
 def test_console_script_help_and_version() -> None:
