@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from medfakedet.data.fakes import (
     SYNTHESIZERS,
@@ -14,6 +17,7 @@ from medfakedet.data.fakes import (
     make_fakes,
 )
 from medfakedet.data.phantoms import ORGAN_NAMES, PhantomSlice, generate_slice
+from medfakedet.data.phantoms.canvas import Canvas
 
 
 @pytest.fixture(autouse=True)
@@ -101,18 +105,62 @@ def test_lung_ct_lungs_darker_than_mediastinum() -> None:
         assert 0.2 < s.tissue_mask.mean() < 0.65
 
 
-def test_phantom_generation_is_fast() -> None:
-    rng = np.random.default_rng(0)
-    for organ in ORGAN_NAMES:  # warm-up
-        generate_slice(organ, rng)
-    import time
+def _cost(organ: str, size: int, seed: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
+    """What one slice costs, counted rather than timed: blurs, drawn primitives, memory."""
+    blurs: list[tuple[int, float]] = []
+    windows: list[int] = []
+    gaussian, window = ndimage.gaussian_filter, Canvas.window
 
-    start = time.perf_counter()
-    for organ in ORGAN_NAMES:
-        for _ in range(5):
-            generate_slice(organ, rng)
-    per_image = (time.perf_counter() - start) / 20
-    assert per_image < 0.2  # ~10-20 ms on an idle core; generous for shared CI machines
+    def counting_gaussian(image, sigma, *args, **kwargs):
+        blurs.append((np.asarray(image).size, float(sigma)))
+        return gaussian(image, sigma, *args, **kwargs)
+
+    def counting_window(self, *args):
+        rows, cols = window(self, *args)
+        windows.append((rows.stop - rows.start) * (cols.stop - cols.start))
+        return rows, cols
+
+    monkeypatch.setattr(ndimage, "gaussian_filter", counting_gaussian)
+    monkeypatch.setattr(Canvas, "window", counting_window)
+    tracemalloc.start()
+    try:
+        generate_slice(organ, np.random.default_rng(seed), size)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    monkeypatch.undo()
+    pixels = size * size
+    return {
+        "max_sigma": max(s for _, s in blurs),
+        # scipy's kernel has 2 * round(4 sigma) + 1 taps per axis, two axes.
+        "blur_taps_per_px": sum(n * 2 * (2 * int(4 * s + 0.5) + 1) for n, s in blurs) / pixels,
+        "primitives": len(windows),
+        "drawn_px_per_px": sum(windows) / pixels,
+        "peak_bytes_per_px": peak / pixels,
+    }
+
+
+@pytest.mark.parametrize("organ", ORGAN_NAMES)
+def test_phantom_cost_is_bounded_and_linear_in_pixels(
+    organ: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Generation stays cheap (a few ms at 128 px), checked by counting work, not by a clock.
+
+    Wide blurs run on a coarse grid (Canvas.smooth_noise), shapes are drawn only in their
+    bounding windows, and the number of shapes is capped whatever the image size: so the work
+    per pixel is bounded, and no larger at 192 px than at 96 px. A full-resolution wide blur,
+    a shape drawn over the whole image, or a growing loop of shapes fails one of these.
+    """
+    small, large = (_cost(organ, size, 0, monkeypatch) for size in (96, 192))
+    for cost in (small, large):
+        assert cost["max_sigma"] < 6.0, cost
+        assert cost["blur_taps_per_px"] < 300, cost
+        assert cost["primitives"] <= 250, cost
+        assert cost["drawn_px_per_px"] < 5.0, cost
+        assert cost["peak_bytes_per_px"] < 200, cost  # about 50 float32 planes
+    assert large["blur_taps_per_px"] == pytest.approx(small["blur_taps_per_px"], rel=0.01)
+    assert large["drawn_px_per_px"] <= small["drawn_px_per_px"]
+    assert large["peak_bytes_per_px"] <= small["peak_bytes_per_px"] * 1.05
 
 
 # ------------------------------------------------------------------------------ fakes
