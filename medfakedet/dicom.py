@@ -17,13 +17,12 @@ import io
 import logging
 import math
 import struct
-from typing import Any
 
 import numpy as np
 import pydicom
 import pydicom.pixels as dicom_pixels
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -45,12 +44,27 @@ logger = logging.getLogger(__name__)
 _DICOM_COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"}
 _DICOM_GRAY = {"MONOCHROME1", "MONOCHROME2"}
 _VOI_FUNCTIONS = {"LINEAR", "LINEAR_EXACT", "SIGMOID"}
-# What pydicom raises on a LUT it cannot apply (bad descriptor, short LUT data, bit depth).
+# What pydicom raises on corrupt bytes: while reading, and when it converts an element's raw
+# value on first access (an unknown VR, a length that is no multiple of the value size).
+_PARSE_ERRORS = (
+    BytesLengthException,
+    EOFError,
+    InvalidDicomError,
+    KeyError,
+    NotImplementedError,
+    OSError,
+    OverflowError,
+    ValueError,
+    struct.error,
+)
+# ... and what it raises on a LUT it cannot apply (bad descriptor, short LUT data, bit depth).
 _LUT_ERRORS = (
+    *_PARSE_ERRORS,
     AttributeError,
     IndexError,
     KeyError,
     NotImplementedError,
+    OverflowError,
     TypeError,
     ValueError,
     struct.error,
@@ -72,16 +86,18 @@ def decode_dicom(data: bytes, limits: DecodeLimits, *, force: bool) -> DecodedIm
     bad = NotAnImageError if force else TruncatedImageError
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=force)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, struct.error) as exc:
+    except _PARSE_ERRORS as exc:
         raise bad(f"DICOM file could not be parsed ({exc}); it is truncated or corrupt") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise bad("DICOM file contains no pixel data (not an image object, or truncated)")
-    rows, cols = ds.get("Rows"), ds.get("Columns")
+    try:
+        rows, cols, bits_stored = ds.get("Rows"), ds.get("Columns"), ds.get("BitsStored")
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    except _PARSE_ERRORS as exc:
+        raise TruncatedImageError(f"DICOM image header is corrupt ({exc})") from None
     if not rows or not cols:
         raise TruncatedImageError("DICOM file has pixel data but no Rows/Columns")
     check_pixel_count(int(cols), int(rows), limits)  # before touching the pixel data
-
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric not in _DICOM_GRAY | _DICOM_COLOUR:
         raise UnsupportedImageError(
             f"DICOM PhotometricInterpretation {photometric!r} is not supported; accepted: "
@@ -92,7 +108,7 @@ def decode_dicom(data: bytes, limits: DecodeLimits, *, force: bool) -> DecodedIm
     if photometric in _DICOM_COLOUR:
         if raw.ndim != 3 or raw.shape[2] != 3:
             raise TruncatedImageError(f"DICOM {photometric} frame has shape {raw.shape}, not HxWx3")
-        bits = int(ds.get("BitsStored") or raw.dtype.itemsize * 8)
+        bits = int(bits_stored or raw.dtype.itemsize * 8)
         pixels = np.clip(scaled(raw, float(2**bits - 1)), 0.0, 1.0)
     else:
         if raw.ndim != 2:
@@ -188,7 +204,10 @@ def _window_module(ds: Dataset) -> Dataset | None:
     width = _first_finite(ds, "WindowWidth")
     if center is None or width is None or width <= 0:
         return None
-    function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
+    try:
+        function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
+    except _PARSE_ERRORS:
+        function = "LINEAR"
     function = function if function in _VOI_FUNCTIONS else "LINEAR"
     if function == "LINEAR":
         # PS3.3 C.11.2.1.2.1 asks for width >= 1; width 1 is a threshold at center - 0.5, and
@@ -228,20 +247,17 @@ def _apply_voi_lut_sequence(values: np.ndarray, ds: Dataset) -> np.ndarray | Non
     return (out.astype(np.float64) - lo) / (hi - lo)
 
 
-def _first_finite(ds: Dataset, keyword: str, default: float | None = None) -> Any:
+def _first_finite(ds: Dataset, keyword: str, default: float | None = None) -> float | None:
     """First value of a DS/IS element that may be multi-valued (e.g. two window centers), if it
     is a finite number; else ``default``. Unparsable values (e.g. "abc") read as absent."""
     try:
         value = ds.get(keyword)
-    except (TypeError, ValueError, OverflowError):  # pydicom converts the raw text on access
+    except _PARSE_ERRORS:  # pydicom converts the raw value on first access
         return default
     if isinstance(value, MultiValue | list | tuple):
         value = value[0] if len(value) else None
-    if value is None or value == "":
-        return default
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # None (absent), "" (empty) or text
         return default
-    # Keep pydicom's own value (DSfloat / IS, with its original text) when it is usable.
-    return value if math.isfinite(number) else default
+    return number if math.isfinite(number) else default

@@ -527,6 +527,23 @@ def test_dicom_unusable_voi_lut_falls_back_to_the_window(lut: Dataset) -> None:
     np.testing.assert_allclose(out, linear_window(stored.astype(float), 150, 101), atol=1e-6)
 
 
+def test_dicom_unusable_modality_lut_is_ignored() -> None:
+    stored = np.array([[0, 100], [150, 300]], dtype=np.uint16)
+    modality = lut_item([4096, 0, 12], np.arange(4096))  # 12 bits per entry: pydicom refuses
+    data = make_dicom(stored, ModalityLUTSequence=[modality], WindowCenter=150, WindowWidth=101)
+    out = decode_image(data).pixels[:, :, 0]  # a 500 (TypeError) before
+    np.testing.assert_allclose(out, linear_window(stored.astype(float), 150, 101), atol=1e-6)
+
+
+def test_dicom_corrupt_header_element_is_a_400() -> None:
+    data = make_dicom(np.zeros((4, 4), dtype=np.uint16))
+    rows = b"\x28\x00\x10\x00US"  # (0028,0010) Rows, explicit VR US
+    assert data.count(rows) == 1
+    corrupt = data.replace(rows, b"\x28\x00\x10\x00U3")  # an unknown VR: pydicom raises on access
+    with pytest.raises(TruncatedImageError, match="DICOM image header is corrupt"):
+        decode_image(corrupt)  # a 500 (NotImplementedError) before
+
+
 @pytest.mark.parametrize(
     ("function", "expected"),
     [
