@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import threading
@@ -28,7 +27,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from loadtests import ENDPOINTS, SampleImage, sample_images, schema_problem
+from loadtests import ENDPOINTS, SampleImage, sample_images
+from medfakedet.schema import error_message, result_problem
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 MAX_REQUESTS = 10_000
@@ -53,32 +53,12 @@ class Row:
     first_error: str | None = None
 
 
-def machine_info() -> dict[str, str | int]:
-    """CPU model, core count, GPU (if torch sees one): to say which machine a number is from."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, str | int] = {
-        "host": platform.node(),
-        "cpu": cpu,
-        "cores": os.cpu_count() or 0,
-        "python": platform.python_version(),
-        "gpu": "none",
-    }
-    try:
-        import torch
+def machine_info() -> dict:
+    """The runtime's machine facts (CPU, cores, torch, GPU) and the host name."""
+    from medfakedet.runtime import machine_info as runtime_machine_info
+    from medfakedet.runtime import select_device
 
-        info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
+    return {"host": platform.node(), **runtime_machine_info(select_device("auto"))}
 
 
 def summarize(
@@ -140,12 +120,13 @@ def bench_server(
         except requests.RequestException as e:
             return None, f"{type(e).__name__}: {e}"
         elapsed = time.perf_counter() - start
-        if r.status_code != 200:
-            return None, f"HTTP {r.status_code}: {r.text[:200]}"
         try:
-            problem = schema_problem(endpoint, r.json())
+            body = r.json()
         except ValueError:
-            problem = "answer is not JSON"
+            body = None
+        if r.status_code != 200:
+            return None, f"HTTP {r.status_code}: {error_message(body) or r.text[:200]}"
+        problem = "answer is not JSON" if body is None else result_problem(endpoint, body)
         return (None, problem) if problem else (elapsed, None)
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -217,7 +198,8 @@ def format_table(rows: Sequence[Row], machine: dict) -> str:
     body = [[fmt.format(getattr(r, name)) for name, fmt in COLUMNS] for r in rows]
     widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(head)]
     lines = [
-        f"machine: {machine['cpu']} ({machine['cores']} cores), GPU: {machine['gpu']}, "
+        f"machine: {machine['cpu']} ({machine['cpu_cores']} cores), "
+        f"GPU: {machine.get('gpu', 'none')}, "
         f"host {machine['host']}",
         _line(head, widths),
         "  ".join("-" * w for w in widths),

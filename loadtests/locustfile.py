@@ -3,8 +3,8 @@
     locust -f loadtests/locustfile.py --headless -u 16 -r 4 -t 60s --host http://127.0.0.1:8000
 
 The host is nginx (or anything serving ``/detect/...``); ``--host`` or ``MEDFAKEDET_URL`` sets it.
-Every response is checked for status 200 and the documented schema; anything else is a failure
-with the server's message.
+Every response is checked for status 200 and the documented schema (``medfakedet.schema``);
+anything else is a failure with the server's message.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from locust import HttpUser, between, task
 # locust puts this file's folder on sys.path, not the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtests import sample_images, schema_problem  # noqa: E402
+from loadtests import sample_images  # noqa: E402
+from medfakedet.schema import error_message, result_problem  # noqa: E402
 
 IMAGES = sample_images(count=max(1, int(os.environ.get("MEDFAKEDET_IMAGES", "16"))))
 BRAIN = [im for im in IMAGES if im.organ == "brain"] or IMAGES
@@ -39,19 +40,18 @@ class MedFakeDetUser(HttpUser):
             name=f"/detect/{endpoint}",
             catch_response=True,
         ) as response:
-            if response.status_code != 200:
-                try:
-                    message = response.json().get("message", response.text[:200])
-                except ValueError:
-                    message = response.text[:200]
-                response.failure(f"HTTP {response.status_code}: {message}")
-                return
             try:
                 body = response.json()
             except ValueError:
+                body = None
+            if response.status_code != 200:
+                message = error_message(body) or response.text[:200]
+                response.failure(f"HTTP {response.status_code}: {message}")
+                return
+            if body is None:
                 response.failure("the answer is not JSON")
                 return
-            problem = schema_problem(endpoint, body)
+            problem = result_problem(endpoint, body)
             if problem:
                 response.failure(problem)
             else:
