@@ -6,6 +6,7 @@ import io
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -193,7 +194,7 @@ def pil_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     calls: list[tuple[int, int]] = []
     real_load = ImageFile.ImageFile.load
 
-    def spy(im: ImageFile.ImageFile):  # noqa: ANN202 - PIL's own return type
+    def spy(im: ImageFile.ImageFile) -> object:
         calls.append(im.size)
         return real_load(im)
 
@@ -552,7 +553,9 @@ def test_dicom_corrupt_header_element_is_a_400() -> None:
         ("NOT_A_FUNCTION", lambda x: linear_window(x, 2000, 1000)),  # unknown: LINEAR
     ],
 )
-def test_dicom_voi_lut_functions(function: str, expected) -> None:  # noqa: ANN001
+def test_dicom_voi_lut_functions(
+    function: str, expected: Callable[[np.ndarray], np.ndarray]
+) -> None:
     stored = np.array([[0, 1500, 1999], [2000, 2400, 4000]], dtype=np.uint16)
     data = make_dicom(stored, WindowCenter=2000, WindowWidth=1000, VOILUTFunction=function)
     out = decode_image(data).pixels[:, :, 0]
@@ -633,7 +636,7 @@ def test_dicom_pixel_limit_checked_before_pixel_data(monkeypatch: pytest.MonkeyP
     decoded: list[int] = []
     real_pixel_array = pydicom.pixels.pixel_array
 
-    def spy(ds, **kwargs):  # noqa: ANN001, ANN202 - pydicom's signature
+    def spy(ds: Dataset, **kwargs: object) -> np.ndarray:
         decoded.append(int(ds.Rows) * int(ds.Columns))
         return real_pixel_array(ds, **kwargs)
 
