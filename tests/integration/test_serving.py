@@ -9,6 +9,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import requests
@@ -18,30 +19,22 @@ from PIL import Image
 from medfakedet.imaging import encode_png
 from medfakedet.labels import CLASS_NAMES, ORGANS
 from medfakedet.predictors import Synthesis8Predictor
+from medfakedet.schema import Synthesis8Result
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-S8_KEYS = {
-    "class_id",
-    "class_name",
-    "organ",
-    "is_fake",
-    "fake_probability",
-    "organ_probabilities",
-    "probabilities",
-    "model_version",
-}
-DENSITY_KEYS = {
-    "is_manipulated",
-    "presence_score",
-    "threshold",
-    "min_area",
-    "count",
-    "boxes",
-    "image_size",
-    "model_version",
-    "message",
-}
+OPENAPI = json.loads((REPO / "docs" / "openapi.json").read_text())
+
+
+def conforms(path: str, r: requests.Response, method: str = "post") -> dict:
+    """``r``'s JSON, checked against the OpenAPI document's schema for ``path`` and its status."""
+    responses = OPENAPI["paths"][path][method]["responses"]
+    declared = responses.get(str(r.status_code), responses.get("default"))
+    assert declared is not None, f"{path} answered {r.status_code}, which is not documented"
+    schema = declared["content"]["application/json"]["schema"]
+    body = r.json()
+    jsonschema.Draft202012Validator({**OPENAPI, **schema}).validate(body)
+    return body
 
 
 # ----------------------------------------------------------------------------- test images
@@ -81,7 +74,7 @@ def decode_b64_png(text: str) -> Image.Image:
 
 
 def check_synthesis8(body: dict) -> None:
-    assert set(body) >= S8_KEYS, body
+    Synthesis8Result.model_validate(body)
     assert list(body["probabilities"]) == list(CLASS_NAMES)
     assert list(body["organ_probabilities"]) == list(ORGANS)
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
@@ -106,7 +99,7 @@ def test_paper_endpoints_through_nginx_with_multipart_form(stack, fmt):
         timeout=60,
     )
     assert r.status_code == 200, r.text
-    check_synthesis8(r.json())
+    check_synthesis8(conforms("/detect/synthesis8", r))
 
     r = requests.post(
         f"{stack.base_url}/detect/manipulation_density",
@@ -115,8 +108,7 @@ def test_paper_endpoints_through_nginx_with_multipart_form(stack, fmt):
         timeout=60,
     )
     assert r.status_code == 200, r.text
-    body = r.json()
-    assert set(body) >= DENSITY_KEYS
+    body = conforms("/detect/manipulation_density", r)
     assert body["is_manipulated"] is True and body["count"] == 1
     assert body["threshold"] == 0.3 and body["min_area"] == 20
     assert body["image_size"] == {"width": 256, "height": 256}
@@ -133,8 +125,8 @@ def test_untouched_image_has_no_boxes(stack):
         files={"image": ("plain.png", png(np.full((96, 96), 0.2, np.float32)))},
         timeout=60,
     )
-    body = r.json()
     assert r.status_code == 200
+    body = conforms("/detect/manipulation_density", r)
     assert (body["is_manipulated"], body["count"], body["boxes"]) == (False, 0, [])
     assert body["presence_score"] < 0.01
     assert "No manipulation detected" in body["message"]
@@ -186,7 +178,7 @@ def test_explanations_return_gradcam_for_the_predicted_class(stack):
         f"{stack.base_url}/explanations/synthesis8", files={"image": data}, timeout=60
     )
     assert r.status_code == 200, r.text
-    body = r.json()
+    body = conforms("/explanations/synthesis8", r)
     assert body["class_name"] == plain.json()["class_name"]
     assert body["explanation"]["target_class"] == body["class_name"]
     assert decode_b64_png(body["heatmap_png"]).size == (160, 160)
@@ -290,8 +282,9 @@ def test_bad_items_get_their_own_4xx_and_the_batch_survives(stack):
         responses = list(pool.map(send, cases))
     for (name, _, status, text), r in zip(cases, responses, strict=True):
         assert r.status_code == status, (name, r.text)
+        body = conforms("/detect/manipulation_density", r)
         if text:
-            assert text in r.json()["error"], (name, r.text)
+            assert text in body["error"] and body["status"] == status, (name, r.text)
         else:
             assert r.json()["count"] == 1
     assert max(batch_sizes(stack.model_log()[before:], "manipulation_density")) > 1
@@ -303,8 +296,12 @@ def test_nginx_limits_body_size(stack):
     assert r.status_code == 413
 
 
-def test_ping_metrics_and_web_root(stack):
-    assert requests.get(f"{stack.base_url}/ping", timeout=10).json()["status"] == "Healthy"
+def test_ping_metrics_web_root_and_the_openapi_document(stack):
+    ping = requests.get(f"{stack.base_url}/ping", timeout=10)
+    assert conforms("/ping", ping, "get")["status"] == "Healthy"
+    doc = requests.get(f"{stack.base_url}/openapi.json", timeout=10)
+    assert doc.status_code == 200 and doc.headers["Content-Type"] == "application/json"
+    assert doc.json() == OPENAPI  # the page's neighbour is the committed, current document
     metrics = requests.get(f"{stack.metrics_url}/metrics", timeout=10)
     assert metrics.status_code == 200 and "ts_inference_requests_total" in metrics.text
     assert requests.get(f"{stack.base_url}/", timeout=10).status_code in (200, 403, 404)
