@@ -4,8 +4,8 @@ Both endpoints' JSON is declared here once, as pydantic models, and built here o
 postprocessing function per model (:func:`synthesis8_result`, :func:`density_result`) that
 serving (the predictors) and evaluation both call. The result dicts are built directly, without
 validating each one through pydantic (the hot path); the models document and check them: tests,
-the CLI, locust and the benchmark validate what they receive, and :func:`openapi_document` turns
-them into the OpenAPI 3.1 file ``docs/openapi.json`` (see :mod:`medfakedet.openapi`).
+the CLI, locust and the benchmark validate what they receive, and :mod:`medfakedet.openapi`
+turns them into the OpenAPI 3.1 document ``docs/openapi.json``.
 
 Torch-free (numpy, scipy via :mod:`medfakedet.density`, pydantic), so request parsing, the CLI
 and the load tests import it without loading torch.
