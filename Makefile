@@ -9,12 +9,13 @@ ARTIFACTS ?= artifacts
 REPORTS ?= docs/reports
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-fast lint format data train evaluate report archive serve stop status \
+.PHONY: help setup test test-fast lint format data train evaluate report archive serve stop restart status \
         ablation bench loadtest clean
 
 help:
 	@echo "make serve   - set up, build data + train if no models exist, archive, start TorchServe + nginx"
 	@echo "make stop    - stop TorchServe and nginx"
+	@echo "make restart - stop, then serve again on the same ports"
 	@echo "make test    - set up if needed and run the whole test suite"
 	@echo "make lint    - ruff check + format check"
 	@echo "make data / train / evaluate / archive / ablation / bench / loadtest / clean"
@@ -80,6 +81,11 @@ serve: setup
 
 stop:
 	@if [ -x $(PY) ]; then $(PY) -m medfakedet.deploy stop; else echo "nothing to stop (no $(VENV))"; fi
+
+# Right after a stop, the ports may still hold connections in TIME-WAIT; start does not mind them.
+restart:
+	@$(MAKE) --no-print-directory stop
+	@$(MAKE) --no-print-directory serve
 
 status: setup
 	$(PY) -m medfakedet.deploy status

@@ -10,6 +10,7 @@ predictors need is packaged without anyone editing a list, and data builders, tr
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import tempfile
@@ -138,7 +139,11 @@ def build_archive(task: str, artifact_dir: str | Path, out_dir: str | Path) -> P
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"mar-{task}-") as tmp:
-        stage = stage_archive_files(artifact_dir, tmp)
+        stage = stage_archive_files(artifact_dir, Path(tmp) / "stage")
+        # The archiver copies into $TMPDIR/<model name>, wiping what is there: with the shared
+        # /tmp, two archives of one model built at once (tests, make archive) break each other.
+        work = Path(tmp) / "archiver"
+        work.mkdir()
         cmd = [
             find_tool("torch-model-archiver"),
             "--model-name", task,
@@ -149,7 +154,8 @@ def build_archive(task: str, artifact_dir: str | Path, out_dir: str | Path) -> P
             "--export-path", str(out),
             "--force",
         ]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        env = {**os.environ, "TMPDIR": str(work)}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise DeployError(f"torch-model-archiver failed for {task}:\n{done.stderr.strip()}")
     return out / f"{task}.mar"

@@ -30,15 +30,7 @@ import pytest
 import torch
 
 from medfakedet.artifacts import save_artifact
-from medfakedet.deploy import (
-    DEFAULT_PORTS,
-    Stack,
-    StackConfig,
-    archive_all,
-    free_port,
-    start,
-    stop,
-)
+from medfakedet.deploy import Stack, StackConfig, archive_all, free_ports, start, stop
 from medfakedet.models import build_classifier, build_localizer
 from medfakedet.preprocess import CLASSIFIER_PREPROCESS, LOCALIZER_PREPROCESS
 
@@ -97,13 +89,6 @@ class ServingStack:
         return (self.log_dir / "model_log.log").read_text(errors="replace")
 
 
-def _free_ports() -> dict[str, int]:
-    ports: dict[str, int] = {}
-    while len(set(ports.values())) < len(DEFAULT_PORTS):
-        ports = {name: free_port() for name in DEFAULT_PORTS}
-    return ports
-
-
 @pytest.fixture(scope="session")
 def serving_root():
     """A private folder for the stacks' files, outside pytest's numbered temp folders: another
@@ -147,27 +132,32 @@ def model_store(serving_artifacts, serving_root) -> Path:
     return store
 
 
-def _start(cfg: StackConfig, artifacts, store):
-    if shutil.which("java") is None:
-        pytest.skip("java (JDK 17) is needed to run TorchServe")
-    if cfg.nginx and not (shutil.which("nginx") or Path("/usr/sbin/nginx").is_file()):
-        pytest.skip("nginx is not installed (apt-get install -y nginx)")
-    s = start(cfg, timeout=240)
-    return ServingStack(s, artifacts, store)
+@pytest.fixture(scope="session")
+def start_stack(serving_artifacts, model_store):
+    """``start_stack(cfg) -> ServingStack``: start a stack of the test archives (``cfg`` names the
+    log folder and ports); skips the test when java or nginx is missing. The caller stops it."""
+
+    def start_it(cfg: StackConfig) -> ServingStack:
+        if shutil.which("java") is None:
+            pytest.skip("java (JDK 17) is needed to run TorchServe")
+        if cfg.nginx and not (shutil.which("nginx") or Path("/usr/sbin/nginx").is_file()):
+            pytest.skip("nginx is not installed (apt-get install -y nginx)")
+        return ServingStack(start(cfg, timeout=240), serving_artifacts, model_store)
+
+    return start_it
 
 
 @pytest.fixture(scope="session")
-def stack(serving_artifacts, model_store, serving_root):
+def stack(start_stack, model_store, serving_root):
     """TorchServe (both models) + nginx from the archives, local (no-token) config."""
     log_dir = serving_root / "stack-logs"
-    cfg = StackConfig(log_dir=log_dir, model_store=model_store, ports=_free_ports())
-    running = _start(cfg, serving_artifacts, model_store)
+    running = start_stack(StackConfig(log_dir=log_dir, model_store=model_store, ports=free_ports()))
     yield running
     stop(log_dir)
 
 
 @pytest.fixture(scope="module")
-def token_stack(serving_artifacts, model_store, serving_root):
+def token_stack(start_stack, model_store, serving_root):
     """TorchServe alone with the production config (token authorization on), synthesis8 only."""
     log_dir = serving_root / "token-stack-logs"
     repo = Path(__file__).resolve().parents[2]
@@ -175,10 +165,10 @@ def token_stack(serving_artifacts, model_store, serving_root):
         log_dir=log_dir,
         model_store=model_store,
         config=repo / "config" / "config.production.properties",
-        ports=_free_ports(),
+        ports=free_ports(),
         models=("synthesis8",),
         nginx=False,
     )
-    running = _start(cfg, serving_artifacts, model_store)
+    running = start_stack(cfg)
     yield running
     stop(log_dir)
