@@ -55,7 +55,28 @@ def _hashes(root: Path) -> dict[str, str]:
 
 def test_build_layout_manifest_and_summary(built: Path) -> None:
     info = json.loads((built / "build.json").read_text())
-    assert info["args"]["per_class"] == PER_CLASS and info["seconds"] > 0
+    assert info["args"] == {
+        "out": str(built),
+        "real_dir": None,
+        "per_class": PER_CLASS,
+        "inpaint": INPAINT,
+        "size": 128,
+        "seed": 5,
+        "workers": 1,
+        "fake_time_budget_s": 0.0,
+        "inpaint_kinds": list(DEFAULT_INPAINT_KINDS),
+        "inpaint_fractions": [0.85, 0.1, 0.05],
+    }
+    # The fields that are not a function of the seed, named so that comparisons can drop them.
+    assert set(info) == {
+        "args",
+        "counts",
+        "unreadable_real_files",
+        "seconds",
+        "load_average_1min",
+        "versions",
+    }
+    assert set(info["versions"]) == {"medfakedet", "python", "numpy", "scipy", "torch", "pillow"}
     assert info["counts"]["medfake"] == {name: PER_CLASS for name in sorted(CLASS_NAMES)}
     assert (built / "contact_sheet.png").stat().st_size > 10_000
     rows = _rows(built / "medfake" / "manifest.csv")

@@ -1,0 +1,246 @@
+"""The MedFake part of the builder: reals (phantoms or a real-scan folder) and their fakes.
+
+Writes ``OUT/medfake/<organ>/<real|fake>/<name>.png`` and returns the manifest rows. A fake
+shares the group of the real it was made from, so the group-aware split keeps both together.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medfakedet.imaging import ImageDecodeError, load_image_file
+from medfakedet.labels import ORGANS
+
+from .build_common import (
+    FAKE_STREAM,
+    REAL_STREAM,
+    JobRunner,
+    finalize_gray,
+    seeded_rng,
+    write_png,
+)
+from .medfake import is_image_file
+
+#: Phantom reals per job.
+REAL_CHUNK = 50
+
+#: A named image: (relative path or name, uint8 gray image).
+Named = tuple[str, np.ndarray]
+
+
+def medfake_row(
+    organ: str, is_fake: bool, name: str, approach: str, group: str, seed: int
+) -> dict[str, Any]:
+    """The manifest row of ``<organ>/<real|fake>/<name>.png`` (``source`` filled by callers)."""
+    src = "fake" if is_fake else "real"
+    return {
+        "path": f"{organ}/{src}/{name}.png",
+        "organ": organ,
+        "label": src,
+        "approach": approach,
+        "group": group,
+        "seed": seed,
+        "source": "",
+    }
+
+
+def real_job(
+    out: str, organ: str, start: int, stop: int, seed: int, size: int
+) -> tuple[list[dict], list[np.ndarray]]:
+    """Write phantom reals ``start..stop-1`` of ``organ``; returns (rows, images)."""
+    from .phantoms import generate_slice
+
+    root = Path(out)
+    organ_index = ORGANS.index(organ)
+    rows, images = [], []
+    for i in range(start, stop):
+        image = finalize_gray(
+            generate_slice(organ, seeded_rng(seed, REAL_STREAM, organ_index, i), size).image, size
+        )
+        name = f"{organ}_real_{i:05d}"
+        write_png(root / organ / "real" / f"{name}.png", image, size)
+        rows.append(medfake_row(organ, False, name, "", name, seed))
+        images.append(image)
+    return rows, images
+
+
+def fake_job(
+    out: str,
+    organ: str,
+    reals: list[np.ndarray],
+    real_groups: list[str],
+    n: int,
+    seed: int,
+    size: int,
+    time_budget_s: float | None,
+) -> list[dict]:
+    """Train the fake generators of ``organ`` on its reals and write ``n`` fakes."""
+    import torch
+
+    from .fakes import make_fakes
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same thread count inline and in workers: same bytes
+    try:
+        # No budget: train to the step caps, so the weights do not depend on machine speed.
+        budget = math.inf if time_budget_s is None else time_budget_s
+        fakes = make_fakes(
+            organ,
+            reals,
+            n,
+            seeded_rng(seed, FAKE_STREAM, ORGANS.index(organ)),
+            time_budget_s=budget,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    root = Path(out)
+    rows = []
+    for i, (image, approach, source) in enumerate(fakes):
+        name = f"{organ}_fake_{i:05d}"
+        # A fake shares the group of the real it was made from, so both land in one split.
+        group = real_groups[int(source)]
+        write_png(root / organ / "fake" / f"{name}.png", image, size)
+        rows.append(medfake_row(organ, True, name, approach, group, seed))
+    return rows
+
+
+def load_real_images(
+    folder: Path, size: int, limit: int, seed: int, stream: int
+) -> tuple[list[Named], list[str]]:
+    """Up to ``limit`` images of ``folder`` (any format, any depth), gray size x size.
+
+    Files are taken in a seeded order of their sorted paths; unreadable ones are skipped.
+
+    Returns:
+        ([(relative path, uint8 image)], [unreadable file messages]).
+    """
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    order = seeded_rng(seed, stream).permutation(len(files))
+    images, skipped = [], []
+    for k in order:
+        if len(images) >= limit:
+            break
+        path = files[k]
+        try:
+            pixels = load_image_file(path).pixels
+        except (ImageDecodeError, OSError) as exc:
+            if is_image_file(path):
+                skipped.append(f"{path}: {exc}")
+            continue
+        images.append((path.relative_to(folder).as_posix(), finalize_gray(pixels, size)))
+    return images, skipped
+
+
+def load_real_dir(
+    real_dir: Path, per_class: int, n_sources: int, size: int, seed: int
+) -> tuple[dict[str, list[Named]], list[Named], list[str]]:
+    """The reals of each organ folder of ``real_dir`` and the brain slices to manipulate.
+
+    Returns:
+        ({organ: up to per_class images}, up to n_sources brain images, unreadable files).
+
+    Raises:
+        FileNotFoundError: an organ folder is missing.
+        ValueError: an organ folder holds no readable image.
+    """
+    missing = [o for o in ORGANS if not (real_dir / o).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"{real_dir} lacks {', '.join(missing)}; --real-dir needs one folder per organ: "
+            f"{', '.join(ORGANS)}"
+        )
+    real_sets: dict[str, list[Named]] = {}
+    brain_sources: list[Named] = []
+    skipped: list[str] = []
+    for organ in ORGANS:
+        limit = max(per_class, n_sources) if organ == "brain" else per_class
+        images, bad = load_real_images(
+            real_dir / organ, size, limit, seed, REAL_STREAM * 100 + ORGANS.index(organ)
+        )
+        if not images:
+            raise ValueError(f"no readable image in {real_dir / organ}")
+        skipped += bad
+        real_sets[organ] = images[:per_class]
+        if organ == "brain":
+            brain_sources = images[:n_sources]
+    return real_sets, brain_sources, skipped
+
+
+class MedFakeReals:
+    """The written reals of every organ: manifest rows, images and groups for the fakes."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.images: dict[str, list[np.ndarray]] = {}
+        self.groups: dict[str, list[str]] = {}
+
+    def add(self, organ: str, rows: list[dict], images: list[np.ndarray]) -> None:
+        self.rows += rows
+        self.images.setdefault(organ, []).extend(images)
+        self.groups.setdefault(organ, []).extend(row["group"] for row in rows)
+
+
+def write_phantom_reals(
+    runner: JobRunner, mf_root: Path, per_class: int, seed: int, size: int
+) -> MedFakeReals:
+    """Generate and write ``per_class`` phantom reals per organ, in parallel chunks."""
+    jobs = {
+        organ: [
+            runner.submit(
+                real_job, str(mf_root), organ, a, min(a + REAL_CHUNK, per_class), seed, size
+            )
+            for a in range(0, per_class, REAL_CHUNK)
+        ]
+        for organ in ORGANS
+    }
+    reals = MedFakeReals()
+    for organ, futures in jobs.items():
+        for rows, images in runner.collect(futures, lambda r: len(r[0])):
+            reals.add(organ, rows, images)
+    return reals
+
+
+def write_real_dir_reals(
+    runner: JobRunner, mf_root: Path, real_sets: dict[str, list[Named]], seed: int, size: int
+) -> MedFakeReals:
+    """Write the real-dir images as the reals, each row naming its source file."""
+    reals = MedFakeReals()
+    for organ, images in real_sets.items():
+        rows = []
+        for i, (rel, image) in enumerate(images):
+            name = f"{organ}_real_{i:05d}"
+            write_png(mf_root / organ / "real" / f"{name}.png", image, size)
+            row = medfake_row(organ, False, name, "real-dir", name, seed)
+            rows.append({**row, "source": f"{organ}/{rel}"})
+        reals.add(organ, rows, [image for _, image in images])
+        runner.bar.update(len(images))
+    return reals
+
+
+def submit_fakes(
+    runner: JobRunner,
+    mf_root: Path,
+    reals: MedFakeReals,
+    seed: int,
+    size: int,
+    time_budget_s: float | None,
+) -> list:
+    """Start one fake job per organ (as many fakes as reals); collect with ``runner.collect``."""
+    return [
+        runner.submit(
+            fake_job,
+            str(mf_root),
+            organ,
+            reals.images[organ],
+            reals.groups[organ],
+            len(reals.images[organ]),
+            seed,
+            size,
+            time_budget_s,
+        )
+        for organ in ORGANS
+    ]
