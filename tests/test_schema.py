@@ -24,6 +24,7 @@ from medfakedet.schema import (
     Synthesis8Result,
     density_result,
     detect_regions,
+    error_message,
     explanation,
     result_problem,
     synthesis8_result,
@@ -146,6 +147,10 @@ def test_prediction_error_body_is_the_documented_error():
     body = PredictionError(415, "compressed DICOM").to_dict()
     assert body == {"error": "compressed DICOM", "status": 415}
     ErrorBody.model_validate(body)
+    assert error_message(body) == "compressed DICOM"
+    torchserve = {"code": 503, "type": "ServiceUnavailableException", "message": "no worker"}
+    assert error_message(torchserve) == "no worker"
+    assert error_message({"detail": "?"}) is None and error_message(None) is None
 
 
 def test_committed_openapi_documents_are_current_and_valid():
