@@ -51,7 +51,9 @@ def _describe_process(pid: int) -> str:
     try:
         proc = psutil.Process(pid)
         cmd = " ".join(proc.cmdline()) or proc.name()
-        return f"{proc.name()} (pid {pid}: {cmd[:120]})"
+        if len(cmd) > 160:  # both ends: java's main class comes last
+            cmd = f"{cmd[:70]} ... {cmd[-85:]}"
+        return f"{proc.name()} (pid {pid}: {cmd})"
     except psutil.AccessDenied:
         return f"pid {pid} (not permitted to read its name)"
     except psutil.NoSuchProcess:
