@@ -68,7 +68,7 @@ def trained_artifacts(built_dataset: Path, tmp_path_factory: pytest.TempPathFact
     The two artifact folders are complete medfakedet artifacts (model.safetensors +
     artifact.json, calibrated on the validation split).
     """
-    from training.common import load_yaml_config, preset_path
+    from training.config import load_yaml_config, preset_path
     from training.train_localizer import LocalizerConfig
     from training.train_localizer import train as train_localizer
     from training.train_synthesis8 import Synthesis8Config

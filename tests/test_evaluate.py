@@ -1,5 +1,6 @@
-"""training.evaluate: its aggregation on fixed predictions (numbers worked out by hand below),
-the corruptions, and the CLI end to end on the session's trained artifacts."""
+"""Evaluation: metrics assembly on fixed predictions (numbers worked out by hand below), the
+box-threshold choice, the corruptions, the report from its table specs, and the CLI end to end
+on the session's trained artifacts."""
 
 import json
 import math
@@ -9,18 +10,16 @@ import pytest
 import torch
 
 from medfakedet.density import Box
-from medfakedet.metrics import fit_temperature
 from medfakedet.preprocess import CLASSIFIER_PREPROCESS, LOCALIZER_PREPROCESS
-from training.evaluate import (
-    CORRUPTIONS,
-    LocalizerPredictions,
-    choose_box_threshold,
+from training.calibration import choose_box_threshold, fit_temperature
+from training.corruptions import CORRUPTIONS, corrupt_batch
+from training.evaluate import main
+from training.inference import LocalizerPredictions
+from training.report import Table, markdown_table, render_table, write_report
+from training.task_metrics import (
     compute_localizer_metrics,
     compute_synthesis8_metrics,
-    corrupt_batch,
     localizer_by_kind,
-    main,
-    markdown_table,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -170,13 +169,15 @@ def test_localizer_metrics_by_hand():
 
 
 def test_localizer_metrics_use_the_raw_map():
-    # Dividing by the map's own max (the original's defect) would flag image C; the raw map
-    # does not.
+    # Presence reads the raw map: image C (peak 0.2) is not flagged at 0.3, and doubling its
+    # map (peak 0.4) flags it. Dividing each map by its own max would flag C both times.
     pred = localizer_fixture()
     m = compute_localizer_metrics(pred, 0.3, 0.3, min_area=1)
-    assert m["presence"]["tn"] == 1
-    scaled = pred.density[2] / pred.density[2].max()
-    assert scaled.max() >= 0.3
+    assert (m["presence"]["tn"], m["presence"]["fp"]) == (1, 1)
+    pred.density[2] *= 2
+    m = compute_localizer_metrics(pred, 0.3, 0.3, min_area=1)
+    assert (m["presence"]["tn"], m["presence"]["fp"]) == (0, 2)
+    assert m["boxes"]["iou_0.5"]["fp"] == 4  # and C's pixel is now a served (false) box
 
 
 def test_boxes_count_only_where_their_peak_reaches_the_presence_threshold():
@@ -224,6 +225,63 @@ def test_box_threshold_choice():
 def test_markdown_table():
     text = markdown_table(["a", "b"], [[1, 0.5], ["x", None]])
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.5000 |", "| x | n/a |"]
+
+
+RESULT = {
+    "thr": 0.25,
+    "scores": {"cat": {"p": 0.5, "n": 3}, "dog": {"p": 1.0, "n": 1}},
+    "runs": [{"kind": "a", "nested": {"f1": 0.125}}, {"kind": "b", "nested": {"f1": None}}],
+    "pair": {"before": 0.5, "after": 0.25},
+}
+
+
+def test_tables_render_from_specs():
+    keyed = Table("Scores at {thr:g}", rows="scores", columns=(("class", "$key"), ("P", "p")))
+    assert render_table(keyed, RESULT) == [
+        "## Scores at 0.25", "", "| class | P |", "|---|---|", "| cat | 0.5000 |",
+        "| dog | 1.0000 |", "",
+    ]  # fmt: skip
+    listed = Table("Runs", rows="runs", columns=(("kind", "kind"), ("F1", "nested.f1")),
+                   note="A note.", after="![plot](p.png)")  # fmt: skip
+    assert render_table(listed, RESULT) == [
+        "## Runs", "", "A note.", "", "| kind | F1 |", "|---|---|", "| a | 0.1250 |",
+        "| b | n/a |", "", "![plot](p.png)", "",
+    ]  # fmt: skip
+    labelled = Table(
+        "Summary",
+        rows=(("threshold {thr}", "thr"), ("before / after", ("pair.before", "pair.after"))),
+        columns=(("metric", "$key"), ("value", "")),
+    )
+    assert render_table(labelled, RESULT)[4:6] == [
+        "| threshold 0.25 | 0.2500 |",
+        "| before / after | 0.5000 / 0.2500 |",
+    ]
+    every_key = Table("All", rows="scores", columns=None, key_header="name")
+    assert render_table(every_key, RESULT)[2:4] == ["| name | p | n |", "|---|---|---|"]
+    assert render_table(Table("Gone", rows="x", columns=None, when="missing"), RESULT) == []
+
+
+def test_localizer_report_sections_from_the_metrics(tmp_path):
+    pred = localizer_fixture()
+    result = {
+        "task": "manipulation_density", "split": "test", "artifact": "a", "arch": "unet_density",
+        "version": "1.0", "data": "d", "split_mode": "json", "created": "today",
+        "metrics": compute_localizer_metrics(pred, 0.3, 0.3, min_area=1),
+        "sweep": [], "eval_seconds": 1.0,
+        "machine": {"cpu": "c", "cpu_cores": 2, "torch_threads": 2, "device": "cpu",
+                    "torch": "t", "python": "p"},
+    }  # fmt: skip
+    text = write_report(result, tmp_path).read_text()
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Presence (max of the raw density map >= presence threshold)",
+        "## Boxes (density >= 0.3, min_area 1)",
+        "## Pixels",
+        "## Threshold sweep (the paper's ablation)",
+    ]  # no per-kind or robustness table without their data
+    assert "| 0.3000 | 0.6000 | 0.6667 | 0.6667 | 0.6667 | 0.8333 | 5 | 3 |" in text
+    assert "| 0.5000 | 0.2500 | 0.2500 | 0.2500 | 1.0000 | 0.4000 | 1 | 3 | 3 |" in text
+    assert "| density >= 0.3 vs mask | 0.3077 | 0.4706 |" in text
 
 
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))

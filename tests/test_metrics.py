@@ -1,4 +1,5 @@
-"""Metrics on tiny fixed examples whose values are computed by hand in the comments."""
+"""Metrics (scikit-learn behind medfakedet.metrics) and calibration (training.calibration) on
+tiny fixed examples whose values are computed by hand in the comments."""
 
 from __future__ import annotations
 
@@ -12,17 +13,20 @@ from medfakedet.metrics import (
     binary_counts,
     binary_metrics,
     box_detection_metrics,
-    choose_threshold,
     classification_report,
     count_mae,
     expected_calibration_error,
-    fit_temperature,
     negative_log_likelihood,
     pixel_iou_f1,
     precision_recall_f1,
     roc_auc,
     roc_curve,
     softmax,
+)
+from training.calibration import (
+    choose_threshold,
+    fit_temperature,
+    middle_of_best_run,
     threshold_sweep,
 )
 
@@ -130,6 +134,14 @@ def test_roc_curve_by_hand() -> None:
     np.testing.assert_allclose(tpr, [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 1])
     # The trapezoid area of this curve is the rank AUC.
     assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(Y, S))
+    # A tie is one point; a rate whose class is absent is 0 (not NaN).
+    fpr, tpr, thr = roc_curve([1, 1, 0], [0.5, 0.5, 0.2])
+    np.testing.assert_allclose(thr, [np.inf, 0.5, 0.2])
+    np.testing.assert_allclose(fpr, [0, 0, 1])
+    np.testing.assert_allclose(tpr, [0, 1, 1])
+    fpr, tpr, _ = roc_curve([1, 1], [0.5, 0.2])
+    np.testing.assert_allclose(fpr, [0, 0, 0])
+    np.testing.assert_allclose(tpr, [0, 0.5, 1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,6 +237,14 @@ def test_pixel_iou_f1_pooled_over_a_stack() -> None:
 
 # --------------------------------------------------------------------------------------------
 # thresholds
+
+
+def test_middle_of_best_run() -> None:
+    # Best value 3 runs at 1-2 and 4-6: the longer run, its middle is 5.
+    assert middle_of_best_run([1, 3, 3, 2, 3, 3, 3, 0]) == 5
+    # Equally long runs: the first; an even run: its lower middle.
+    assert middle_of_best_run([2, 2, 0, 2, 2]) == 0
+    assert middle_of_best_run([0, 1, 1, 1, 1]) == 2
 
 
 def test_choose_threshold_middle_of_best_plateau() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,23 +10,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import training.loop
 from medfakedet.artifacts import load_artifact, read_meta
-from training.common import (
-    CONFIG_DIR,
-    load_yaml_config,
+from medfakedet.metrics import negative_log_likelihood
+from training.calibration import calibrate_localizer
+from training.checkpoint import (
+    Resumable,
+    TrainState,
+    load_checkpoint,
     optimizer_from_safetensors,
     optimizer_to_safetensors,
-    parse_set,
-    preset_path,
-    recalibrate_batchnorm,
+    save_checkpoint,
 )
-from training.evaluate import (
-    compute_localizer_metrics,
-    compute_synthesis8_metrics,
-    open_dataset,
-    predict_localizer,
-    predict_synthesis8,
-)
+from training.config import CONFIG_DIR, load_yaml_config, parse_set, preset_path
+from training.evaluate import open_dataset
+from training.inference import predict_localizer, predict_synthesis8
+from training.loop import ScheduledLR, refresh_batchnorm, scheduled_lr
+from training.task_metrics import compute_localizer_metrics, compute_synthesis8_metrics
 from training.train_localizer import (
     LocalizerConfig,
     random_crops,
@@ -143,12 +144,67 @@ def test_optimizer_state_round_trips_without_pickle():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(s2["state"][pid][key]))
 
 
-def test_batchnorm_recalibration_uses_exact_averages():
+def test_batchnorm_refresh_uses_exact_averages():
     bn = torch.nn.BatchNorm1d(2)
+    bn.running_mean.fill_(100.0)  # stale statistics are replaced, not blended
     data = [torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([[5.0, 2.0], [7.0, 2.0]])]
-    recalibrate_batchnorm(bn, data, torch.device("cpu"))
+    refresh_batchnorm(bn, data, torch.device("cpu"))
     assert bn.running_mean.tolist() == pytest.approx([4.0, 1.0])
+    # Unbiased batch variances (2, 0) and (2, 0), averaged.
+    assert bn.running_var.tolist() == pytest.approx([2.0, 0.0])
     assert bn.momentum == 0.1 and bn.training
+
+
+def _tiny_run(schedule: str = "onecycle", total: int = 20):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    return model, opt, ScheduledLR(opt, schedule, total)
+
+
+def _train_steps(model, opt, sched, n: int) -> list[float]:
+    lrs = []
+    for _ in range(n):
+        lrs.append(opt.param_groups[0]["lr"])
+        model(torch.ones(4, 3)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    return lrs
+
+
+def test_scheduler_follows_the_schedule_to_the_bit():
+    model, opt, sched = _tiny_run(total=20)
+    lrs = _train_steps(model, opt, sched, 20)
+    assert lrs == [scheduled_lr("onecycle", 1e-2, k, 20) for k in range(20)]
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        ScheduledLR(opt, "cyclic", 10)
+
+
+def test_resume_restores_the_scheduler_and_gives_the_same_next_lr(tmp_path):
+    model, opt, sched = _tiny_run()
+    _train_steps(model, opt, sched, 7)
+    config = {"task": "t", "arch": "linear", "size": 3}
+    save_checkpoint(tmp_path, Resumable(model, opt, sched), TrainState(epoch=1), config, None)
+    straight = _train_steps(model, opt, sched, 5)
+    # A fresh run: new model, optimizer and scheduler at step 0, then the checkpoint.
+    model2, opt2, sched2 = _tiny_run()
+    assert opt2.param_groups[0]["lr"] != straight[0]
+    state, best = load_checkpoint(tmp_path, Resumable(model2, opt2, sched2), config)
+    assert state.epoch == 1 and best is None and sched2.last_epoch == 7
+    assert _train_steps(model2, opt2, sched2, 5) == straight
+    pairs = zip(model.parameters(), model2.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_resume_refuses_another_arch(tmp_path):
+    model, opt, sched = _tiny_run()
+    config = {"task": "t", "arch": "linear", "size": 3}
+    save_checkpoint(tmp_path, Resumable(model, opt, sched), TrainState(), config, None)
+    with pytest.raises(ValueError, match="trained with arch='linear'.*now says 'other'"):
+        load_checkpoint(tmp_path, Resumable(model, opt, sched), {**config, "arch": "other"})
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "empty", Resumable(model, opt, sched), config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,7 +218,6 @@ def test_synthesis8_learns_on_the_small_set(trained_artifacts, quick_floors):
     assert artifact.task == "synthesis8" and artifact.arch == "resnet18"
     assert artifact.preprocess.size == 128 and artifact.preprocess.channels == 3
     temperature = artifact.calibration["temperature"]
-    assert 0.05 < temperature < 20
     # The resolved config is saved twice: in the artifact and as config.json.
     config = json.loads((art_dir / "config.json").read_text())
     assert artifact.training["config"] == config and config["task"] == "synthesis8"
@@ -174,6 +229,12 @@ def test_synthesis8_learns_on_the_small_set(trained_artifacts, quick_floors):
     assert m["macro_f1"] >= quick_floors["synthesis8_macro_f1"], m["confusion_matrix"]
     assert m["real_vs_fake"]["roc_auc"] >= quick_floors["synthesis8_real_vs_fake_auc"]
     assert m["calibration"]["nll_after"] <= m["calibration"]["nll_before"] + 0.05
+    # The stored temperature is the validation fit: the val NLL is lowest there.
+    val, _ = open_dataset(artifact, trained_artifacts["data"], "val")
+    v = predict_synthesis8(artifact.model, val, torch.device("cpu"))
+    logits, labels = v["logits"], v["labels"]
+    nll = [negative_log_likelihood(logits, labels, temperature * f) for f in (1, 0.9, 1.1)]
+    assert nll[0] < nll[1] and nll[0] < nll[2], (temperature, nll)
 
 
 @pytest.mark.slow
@@ -182,8 +243,11 @@ def test_localizer_learns_on_the_small_set(trained_artifacts, quick_floors):
     artifact = load_artifact(art_dir)
     cal = artifact.calibration
     assert artifact.task == "manipulation_density" and artifact.arch == "unet_density"
-    assert 0 < cal["presence_threshold"] < 1 and 0 < cal["box_threshold"] < 1
     assert cal["min_area"] == 20
+    # The stored thresholds are the validation calibration of the saved weights.
+    val, _ = open_dataset(artifact, trained_artifacts["data"], "val")
+    val_pred = predict_localizer(artifact.model, val, torch.device("cpu"))
+    assert calibrate_localizer(val_pred, 20)[0] == cal
     dataset, _ = open_dataset(artifact, trained_artifacts["data"], "test")
     pred = predict_localizer(artifact.model, dataset, torch.device("cpu"))
     m = compute_localizer_metrics(
@@ -220,16 +284,31 @@ def test_checkpoints_are_safetensors_and_json_only(trained_artifacts):
 
 
 TINY = {"max_train_per_class": 3, "bn_recalibration_images": 16, "batch_size": 8, "lr": 1e-3}
+#: With the one-cycle schedule, resuming must restore the scheduler's step count too.
+TINY_ONECYCLE = {**TINY, "lr_schedule": "onecycle"}
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(built_dataset, tmp_path):
-    cfg = Synthesis8Config(epochs=2, **TINY)
+def test_resume_continues_exactly(built_dataset, tmp_path, monkeypatch):
+    # One-cycle schedule: the resumed run must also pick the LR curve up where it stopped.
+    cfg = Synthesis8Config(epochs=2, **TINY_ONECYCLE)
     straight = train_synthesis8(cfg, built_dataset, tmp_path / "straight", show_progress=False)
-    half = Synthesis8Config(epochs=1, **TINY)
+
+    class SimulatedCrashError(Exception):
+        pass
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise SimulatedCrashError  # the process dies right after the first epoch's checkpoint
+
+    real_save = training.loop.save_checkpoint
     resumed_dir = tmp_path / "resumed"
-    train_synthesis8(half, built_dataset, resumed_dir, show_progress=False)
-    assert read_meta(resumed_dir)["training"]["epochs_run"] == 1
+    with monkeypatch.context() as m:
+        m.setattr(training.loop, "save_checkpoint", save_then_crash)
+        with pytest.raises(SimulatedCrashError):
+            train_synthesis8(cfg, built_dataset, resumed_dir, show_progress=False)
+    state = json.loads((resumed_dir / "checkpoint" / "state.json").read_text())
+    assert state["state"]["epoch"] == 1 and state["scheduler"]["last_epoch"] > 0
     train_synthesis8(cfg, built_dataset, resumed_dir, resume=True, show_progress=False)
     a = load_file(str(straight / "model.safetensors"))
     b = load_file(str(resumed_dir / "model.safetensors"))
@@ -245,9 +324,15 @@ def test_resume_continues_exactly(built_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_resume_needs_a_checkpoint_and_the_same_arch(built_dataset, tmp_path):
+    cfg = Synthesis8Config(epochs=1, **{**TINY, "max_train_per_class": 1})
+    out = tmp_path / "x"
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train_synthesis8(Synthesis8Config(epochs=1, **TINY), built_dataset, tmp_path / "x",
-                         resume=True, show_progress=False)  # fmt: skip
+        train_synthesis8(cfg, built_dataset, out, resume=True, show_progress=False)
+    train_synthesis8(cfg, built_dataset, out, show_progress=False)
+    other = dataclasses.replace(cfg, arch="resnet34", epochs=2)
+    with pytest.raises(ValueError, match="trained with arch='resnet18'"):
+        train_synthesis8(other, built_dataset, out, resume=True, show_progress=False)
+    assert read_meta(out)["arch"] == "resnet18"  # the artifact is left as it was
 
 
 @pytest.mark.slow
@@ -262,8 +347,6 @@ def test_max_minutes_stops_gracefully(built_dataset, tmp_path):
 
 
 def test_onecycle_schedule_warms_up_peaks_and_decays():
-    from training.common import scheduled_lr
-
     lrs = [scheduled_lr("onecycle", 1e-3, step, 100) for step in range(100)]
     assert lrs[0] == pytest.approx(1e-3 / 25)
     assert max(lrs) == pytest.approx(1e-3) and lrs.index(max(lrs)) == 25
@@ -274,10 +357,10 @@ def test_onecycle_schedule_warms_up_peaks_and_decays():
 
 
 def test_pipeline_reports_the_recorded_time_of_reused_stages(tmp_path):
-    from training.pipeline import _recorded_seconds, _stage_cell
+    from training.pipeline import recorded_seconds, stage_cell
 
     (tmp_path / "artifact.json").write_text(json.dumps({"training": {"total_seconds": 222.4}}))
-    assert _recorded_seconds(tmp_path / "artifact.json", ("training", "total_seconds")) == 222.4
-    assert _recorded_seconds(tmp_path / "missing.json", ("seconds",)) is None
-    assert _stage_cell(None, 222.4) == "222.4 (recorded when made, reused here)"
-    assert _stage_cell(None, None) == "reused" and _stage_cell(12.34, None) == "12.3"
+    assert recorded_seconds(tmp_path / "artifact.json", ("training", "total_seconds")) == 222.4
+    assert recorded_seconds(tmp_path / "missing.json", ("seconds",)) is None
+    assert stage_cell(None, 222.4) == "222.4 (recorded when made, reused here)"
+    assert stage_cell(None, None) == "reused" and stage_cell(12.34, None) == "12.3"

@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from medfakedet.artifacts import load_artifact
-from training.common import CONFIG_DIR, build_arg_parser, machine_info, resolve_config, write_json
-from training.evaluate import evaluate_artifact, markdown_table
+from medfakedet.runtime import machine_info
+from training.common import write_json
+from training.config import CONFIG_DIR, build_arg_parser, parse_config_args
+from training.evaluate import evaluate_artifact
+from training.report import markdown_table
 from training.train_localizer import LocalizerConfig
 from training.train_localizer import train as train_localizer
 
@@ -104,11 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS))
     parser.add_argument("--split", default="test", choices=("val", "test"))
-    args = parser.parse_args(argv)
-    try:
-        cfg = resolve_config(LocalizerConfig, args, "localizer")
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
+    args, cfg = parse_config_args(parser, LocalizerConfig, "localizer", argv)
     rows = run_ablation(
         cfg, args.data, args.out, args.archs, args.split, args.resume, not args.quiet
     )

@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from medfakedet.artifacts import META_FILE
-from training.common import load_yaml_config, machine_info, preset_path, setup_threads, write_json
-from training.evaluate import evaluate_artifact, headline, markdown_table
+from medfakedet.runtime import machine_info, setup_threads
+from training.common import write_json
+from training.config import load_yaml_config, preset_path
+from training.evaluate import evaluate_artifact
+from training.report import markdown_table
+from training.task_metrics import headline
 
 TASK_DIRS = {"synthesis8": "synthesis8", "manipulation_density": "manipulation_density"}
 
@@ -54,7 +58,7 @@ def run_pipeline(
         stages["build data"] = time.monotonic() - start
     else:  # reused: report the time of the build that made it
         stages["build data"] = None
-        recorded["build data"] = _recorded_seconds(data / "build.json", ("seconds",))
+        recorded["build data"] = recorded_seconds(data / "build.json", ("seconds",))
     trainers = {
         "synthesis8": (Synthesis8Config, train_synthesis8, "synthesis8"),
         "manipulation_density": (LocalizerConfig, train_localizer, "localizer"),
@@ -68,7 +72,7 @@ def run_pipeline(
             stages[f"train {task}"] = time.monotonic() - start
         else:
             stages[f"train {task}"] = None
-            recorded[f"train {task}"] = _recorded_seconds(
+            recorded[f"train {task}"] = recorded_seconds(
                 out / META_FILE, ("training", "total_seconds")
             )
     results = {}
@@ -102,7 +106,7 @@ def run_pipeline(
         "",
         markdown_table(
             ["stage", "seconds"],
-            [[k, _stage_cell(v, recorded.get(k))] for k, v in stages.items()],
+            [[k, stage_cell(v, recorded.get(k))] for k, v in stages.items()],
         ),
         "",
         "## Headline (test split)",
@@ -138,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _recorded_seconds(path: Path, keys: tuple[str, ...]) -> float | None:
+def recorded_seconds(path: Path, keys: tuple[str, ...]) -> float | None:
     """A duration stored by an earlier run (build.json, artifact.json), or None."""
     try:
         value = json.loads(path.read_text())
@@ -149,7 +153,7 @@ def _recorded_seconds(path: Path, keys: tuple[str, ...]) -> float | None:
         return None
 
 
-def _stage_cell(seconds: float | None, recorded: float | None) -> str:
+def stage_cell(seconds: float | None, recorded: float | None) -> str:
     if seconds is not None:
         return f"{seconds:.1f}"
     return "reused" if recorded is None else f"{recorded:.1f} (recorded when made, reused here)"

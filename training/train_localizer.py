@@ -17,43 +17,25 @@ pixels at 128 px, scaled with the area for other sizes.
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch import nn
 
-from medfakedet.artifacts import save_artifact
-from medfakedet.density import presence_score
-from medfakedet.metrics import choose_threshold
 from medfakedet.models import LOCALIZER_ARCHS, build_localizer
 from medfakedet.preprocess import PreprocessConfig
-from training.common import (
-    CONFIG_DIR,
-    LR_SCHEDULES,
-    LrScheduler,
-    Precision,
-    build_arg_parser,
-    config_to_dict,
-    epoch_generator,
-    fit,
-    fixed_subset,
-    machine_info,
-    prepare_run,
-    recalibrate_batchnorm,
-    resolve_config,
-    write_json,
-)
-from training.evaluate import (
-    choose_box_threshold,
-    compute_localizer_metrics,
-    predict_localizer,
-)
+from training.calibration import PAPER_THRESHOLD, calibrate_localizer
+from training.common import epoch_generator
+from training.config import CONFIG_DIR, build_arg_parser, parse_config_args
+from training.inference import LocalizerPredictions, predict_localizer
+from training.loop import LR_SCHEDULES, Precision
+from training.task_metrics import compute_localizer_metrics
+from training.trainer import TrainingTask, run_cli, train_task
 
 TASK = "manipulation_density"
 SELECT_BY = ("loss", "box_f1")
@@ -188,28 +170,110 @@ def random_crops(
     ]
 
 
-def calibrate(
-    pred, min_area: int, box_candidates: Sequence[float] | None = None
-) -> tuple[dict[str, float], float]:
-    """Presence threshold (best presence F1), then box threshold (best box F1 @ IoU 0.5, boxes
-    kept only where their peak reaches the presence threshold, as served), both on val.
+class LocalizerTask(TrainingTask):
+    """The density localizer: density + mask + TV loss on (cropped) images; presence and box
+    thresholds calibrated on val."""
 
-    Returns the calibration and the validation box F1 it reaches.
-    """
-    peaks = np.array([presence_score(d) for d in pred.density])
-    if 0 < pred.present.sum() < len(pred.present):
-        presence_threshold, _ = choose_threshold(peaks, pred.present)
-    else:
-        presence_threshold = 0.28  # one class only in val: nothing to fit, keep the paper's
-    box_threshold, box_f1 = choose_box_threshold(
-        pred.density, pred.gt_boxes, min_area, box_candidates, min_peak=float(presence_threshold)
-    )
-    calibration = {
-        "presence_threshold": float(presence_threshold),
-        "box_threshold": float(box_threshold),
-        "min_area": int(min_area),
-    }
-    return calibration, box_f1
+    task = TASK
+    layout = "medfakeinpaint"
+
+    def __init__(self, cfg: LocalizerConfig) -> None:
+        super().__init__(cfg)
+        self.min_area = cfg.scaled_min_area()
+        self.crop_rng = epoch_generator(cfg.seed, 0, stream=1)  # replaced each epoch
+
+    def dataset_class(self) -> type:
+        from medfakedet.data.inpaint import MedFakeInpaintDataset
+
+        return MedFakeInpaintDataset
+
+    def train_indices(self, train: Any) -> list[int]:
+        cfg = self.cfg
+        if cfg.max_train_images is None or cfg.max_train_images >= len(train):
+            return list(range(len(train)))
+        rng = np.random.default_rng(cfg.seed)
+        return sorted(rng.permutation(len(train))[: cfg.max_train_images].tolist())
+
+    def build_model(self) -> nn.Module:
+        return build_localizer(self.cfg.arch)
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def images(self, batch: Any) -> torch.Tensor:
+        return batch["image"]
+
+    @property
+    def bn_batch_size(self) -> int:
+        return self.cfg.eval_batch_size
+
+    def start_epoch(self, epoch: int) -> None:
+        self.crop_rng = epoch_generator(self.cfg.seed, epoch, stream=1)
+
+    def step(
+        self, model: nn.Module, batch: Any, precision: Precision
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        x, d, m = batch["image"], batch["density"], batch["mask"]
+        if cfg.crop_size is not None and cfg.crop_size < cfg.size:
+            x, d, m = random_crops(
+                (x, d, m), cfg.crop_size, self.crop_rng, m, cfg.crop_positive_fraction
+            )
+        x, d, m = (t.to(self.run.device, non_blocking=True) for t in (x, d, m))
+        x = x.contiguous(memory_format=torch.channels_last)
+        with precision.autocast():
+            density, mask_logits = model(x)
+        loss = localizer_loss(density, mask_logits, d, m, cfg)
+        return loss, {"loss": loss.item(), "n": len(x)}
+
+    def _val_predictions(self, model: nn.Module, with_loss: bool = False) -> LocalizerPredictions:
+        cfg = self.cfg
+        loss_fn = (lambda *a: localizer_loss(*a, cfg)) if with_loss else None
+        return predict_localizer(
+            model, self.run.val, self.run.device, cfg.eval_batch_size, loss_fn=loss_fn
+        )
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        p = self._val_predictions(model, with_loss=True)
+        # Progress numbers at the paper's default thresholds (calibration comes at the end).
+        m = compute_localizer_metrics(p, PAPER_THRESHOLD, PAPER_THRESHOLD, self.min_area)
+        row = {
+            "loss": p.loss,
+            "presence_f1@0.28": m["presence"]["f1"],
+            "box_f1@0.28": m["boxes"]["iou_0.5"]["f1"],
+        }
+        if self.cfg.select_by == "box_f1":
+            _, row["box_f1"] = calibrate_localizer(p, self.min_area, _SELECTION_THRESHOLDS)
+        return row
+
+    def score(self, val: dict[str, float]) -> tuple[float, ...]:
+        if self.cfg.select_by == "box_f1":
+            return (val["box_f1"], -val["loss"])
+        return (-val["loss"],)
+
+    def calibrate(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        pred = self._val_predictions(model)
+        calibration, _ = calibrate_localizer(pred, self.min_area)
+        val = compute_localizer_metrics(pred, **calibration)
+        summary = {
+            "presence_f1": val["presence"]["f1"],
+            "presence_accuracy": val["presence"]["accuracy"],
+            "box_f1@0.5": val["boxes"]["iou_0.5"]["f1"],
+            "box_f1@0.28": val["boxes"]["iou_0.28"]["f1"],
+            "mean_iou@0.5": val["boxes"]["iou_0.5"]["mean_iou"],
+            "count_mae": val["count_mae"],
+            "pixel_iou": val["pixel"]["iou"],
+            "n": val["n"],
+        }
+        return calibration, summary
+
+    def summary(self, calibration: dict[str, Any], val: dict[str, Any]) -> str:
+        return (
+            f"val presence F1 {val['presence_f1']:.4f} "
+            f"(thr {calibration['presence_threshold']:.2f}), box F1@0.5 "
+            f"{val['box_f1@0.5']:.4f} (thr {calibration['box_threshold']:.2f})"
+        )
 
 
 def train(
@@ -220,173 +284,17 @@ def train(
     show_progress: bool = True,
 ) -> Path:
     """Train, calibrate and save; returns the artifact folder."""
-    from medfakedet.data.inpaint import MedFakeInpaintDataset
-
-    wall_start = time.monotonic()
-    run = prepare_run(cfg, data, out, "medfakeinpaint", MedFakeInpaintDataset)
-    device, out, root = run.device, run.out, run.root
-    pre = cfg.preprocess()
-    train_ds, val_ds = run.train, run.val
-    train_idx = list(range(len(train_ds)))
-    if cfg.max_train_images is not None and cfg.max_train_images < len(train_ds):
-        rng = np.random.default_rng(cfg.seed)
-        train_idx = sorted(rng.permutation(len(train_ds))[: cfg.max_train_images].tolist())
-    subset = torch.utils.data.Subset(train_ds, train_idx * cfg.epoch_repeats)
-    # Whole, clean training images for BatchNorm statistics (training may see crops only).
-    bn_ds = torch.utils.data.Subset(
-        run.clean_train,
-        [train_idx[i] for i in fixed_subset(len(train_idx), cfg.bn_recalibration_images, cfg.seed)],
-    )
-    min_area = cfg.scaled_min_area()
-
-    model = build_localizer(cfg.arch).to(device)
-    # NHWC: tensor cores on GPU; on this 2-core CPU too, training runs 15-25% faster with it.
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-len(subset) // cfg.batch_size)
-    scheduler = LrScheduler(optimizer, cfg.lr_schedule, cfg.lr, steps_per_epoch, cfg.epochs)
-    precision = Precision(device, cfg.amp)
-    config = {"task": TASK, **config_to_dict(cfg)}
-    crop_rng = [epoch_generator(cfg.seed, 0, stream=1)]  # replaced each epoch
-
-    def batches(epoch: int):
-        train_ds.set_epoch(epoch)
-        scheduler.start_epoch(epoch)
-        crop_rng[0] = epoch_generator(cfg.seed, epoch, stream=1)
-        return iter(
-            DataLoader(
-                subset,
-                batch_size=cfg.batch_size,
-                shuffle=True,
-                generator=epoch_generator(cfg.seed, epoch),
-                num_workers=cfg.num_workers,
-                pin_memory=device.type == "cuda",
-            )
-        )
-
-    def train_step(batch) -> dict[str, float]:
-        x, d, m = batch["image"], batch["density"], batch["mask"]
-        if cfg.crop_size is not None and cfg.crop_size < cfg.size:
-            x, d, m = random_crops(
-                (x, d, m), cfg.crop_size, crop_rng[0], m, cfg.crop_positive_fraction
-            )
-        x, d, m = (t.to(device, non_blocking=True) for t in (x, d, m))
-        x = x.contiguous(memory_format=torch.channels_last)
-        with precision.autocast():
-            density, mask_logits = model(x)
-        loss = localizer_loss(density, mask_logits, d, m, cfg)
-        scheduler.step()
-        precision.step(loss, optimizer)
-        return {"loss": loss.item(), "n": len(x)}
-
-    def validate() -> dict[str, float]:
-        if len(bn_ds):
-            loader = DataLoader(bn_ds, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
-            recalibrate_batchnorm(model, (b["image"] for b in loader), device)
-        p = predict_localizer(
-            model,
-            val_ds,
-            device,
-            cfg.eval_batch_size,
-            loss_fn=lambda *a: localizer_loss(*a, cfg),
-        )
-        # Progress numbers at the paper's default thresholds (calibration comes at the end).
-        m = compute_localizer_metrics(p, 0.28, 0.28, min_area)
-        row = {
-            "loss": p.loss,
-            "presence_f1@0.28": m["presence"]["f1"],
-            "box_f1@0.28": m["boxes"]["iou_0.5"]["f1"],
-        }
-        if cfg.select_by == "box_f1":
-            _, row["box_f1"] = calibrate(p, min_area, _SELECTION_THRESHOLDS)
-        return row
-
-    def score(v: dict[str, float]) -> tuple[float, ...]:
-        return (v["box_f1"], -v["loss"]) if cfg.select_by == "box_f1" else (-v["loss"],)
-
-    result = fit(
-        model=model,
-        optimizer=optimizer,
-        precision=precision,
-        epochs=cfg.epochs,
-        batches=batches,
-        n_batches=lambda _e: steps_per_epoch,
-        train_step=train_step,
-        validate=validate,
-        score=score,
-        out=out,
-        config=config,
-        resume=resume,
-        max_minutes=cfg.max_minutes,
-        show_progress=show_progress,
-    )
-
-    model.load_state_dict(result.best_weights)
-    pred = predict_localizer(model, val_ds, device, cfg.eval_batch_size)
-    calibration, _ = calibrate(pred, min_area)
-    val = compute_localizer_metrics(pred, **calibration)
-    val_summary = {
-        "presence_f1": val["presence"]["f1"],
-        "presence_accuracy": val["presence"]["accuracy"],
-        "box_f1@0.5": val["boxes"]["iou_0.5"]["f1"],
-        "box_f1@0.28": val["boxes"]["iou_0.28"]["f1"],
-        "mean_iou@0.5": val["boxes"]["iou_0.5"]["mean_iou"],
-        "count_mae": val["count_mae"],
-        "pixel_iou": val["pixel"]["iou"],
-        "n": val["n"],
-    }
-    training = {
-        "config": config,
-        "data": str(root),
-        "split_sizes": {"train": len(train_idx), "val": len(val_ds)},
-        "history": result.state.history,
-        "best_epoch": result.state.best_epoch,
-        "epochs_run": result.state.epoch,
-        "stopped_early": result.state.stopped_early,
-        "train_seconds": round(result.train_seconds, 2),
-        "total_seconds": round(time.monotonic() - wall_start, 2),
-        "machine": machine_info(device),
-    }
-    model.to("cpu")
-    save_artifact(
-        out,
-        model,
-        task=TASK,
-        arch=cfg.arch,
-        preprocess=pre,
-        calibration=calibration,
-        metrics={"val": val_summary},
-        training=training,
-        version=cfg.version,
-    )
-    write_json(out / "config.json", config)
-    print(
-        f"saved {out}: val presence F1 {val_summary['presence_f1']:.4f} "
-        f"(thr {calibration['presence_threshold']:.2f}), box F1@0.5 "
-        f"{val_summary['box_f1@0.5']:.4f} (thr {calibration['box_threshold']:.2f}), "
-        f"{training['total_seconds']:.0f} s",
-        file=sys.stderr,
-    )
-    return out
+    return train_task(LocalizerTask(cfg), data, out, resume, show_progress)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, LocalizerConfig]:
     parser = build_arg_parser(__doc__.splitlines()[0], CONFIG_DIR / "localizer.yaml")
     parser.add_argument("--arch", help="unet_density, smp_unet:resnet18, smp_unet:resnet34")
-    args = parser.parse_args(argv)
-    if args.arch:
-        args.set = [f"arch={args.arch}", *args.set]
-    try:
-        cfg = resolve_config(LocalizerConfig, args, "localizer")
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
-    return args, cfg
+    return parse_config_args(parser, LocalizerConfig, "localizer", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, cfg = parse_args(argv)
-    train(cfg, args.data, args.out, resume=args.resume, show_progress=not args.quiet)
-    return 0
+    return run_cli(parse_args, train, argv)
 
 
 if __name__ == "__main__":

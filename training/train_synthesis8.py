@@ -11,8 +11,6 @@ temperature is then fitted on the validation logits and stored in the artifact.
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,30 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch import nn
 
-from medfakedet.artifacts import save_artifact
 from medfakedet.labels import CLASS_NAMES
-from medfakedet.metrics import fit_temperature
 from medfakedet.models import build_classifier
 from medfakedet.preprocess import PreprocessConfig
-from training.common import (
-    CONFIG_DIR,
-    LR_SCHEDULES,
-    LrScheduler,
-    Precision,
-    build_arg_parser,
-    config_to_dict,
-    epoch_generator,
-    fit,
-    fixed_subset,
-    machine_info,
-    prepare_run,
-    recalibrate_batchnorm,
-    resolve_config,
-    write_json,
-)
-from training.evaluate import compute_synthesis8_metrics, predict_synthesis8
+from training.calibration import fit_temperature
+from training.config import CONFIG_DIR, build_arg_parser, parse_config_args
+from training.inference import predict_synthesis8
+from training.loop import LR_SCHEDULES, Precision
+from training.task_metrics import compute_synthesis8_metrics
+from training.trainer import TrainingTask, run_cli, train_task
 
 TASK = "synthesis8"
 
@@ -112,6 +97,86 @@ def _cap_per_class(dataset: Any, cap: int | None, seed: int) -> list[int]:
     return sorted(keep)
 
 
+class Synthesis8Task(TrainingTask):
+    """ResNet18 over 8 classes: cross-entropy, best validation accuracy, temperature scaling."""
+
+    task = TASK
+    layout = "medfake"
+
+    def dataset_class(self) -> type:
+        from medfakedet.data.medfake import MedFakeDataset
+
+        return MedFakeDataset
+
+    def train_indices(self, train: Any) -> list[int]:
+        return _cap_per_class(train, self.cfg.max_train_per_class, self.cfg.seed)
+
+    def build_model(self) -> nn.Module:
+        return build_classifier(len(CLASS_NAMES), self.cfg.arch)
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def images(self, batch: Any) -> torch.Tensor:
+        return batch[0]
+
+    def step(
+        self, model: nn.Module, batch: Any, precision: Precision
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        device = self.run.device
+        x, y = batch
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with precision.autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        acc = (logits.argmax(1) == y).float().mean().item()
+        return loss, {"loss": loss.item(), "acc": acc, "n": len(y)}
+
+    def _val_predictions(self, model: nn.Module) -> dict[str, np.ndarray]:
+        return predict_synthesis8(model, self.run.val, self.run.device, self.cfg.eval_batch_size)
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        p = self._val_predictions(model)
+        m = compute_synthesis8_metrics(p["logits"], p["labels"])
+        loss = float(F.cross_entropy(torch.from_numpy(p["logits"]), torch.from_numpy(p["labels"])))
+        return {"acc": m["accuracy"], "macro_f1": m["macro_f1"], "loss": loss}
+
+    def score(self, val: dict[str, float]) -> tuple[float, ...]:
+        return (val["acc"], -val["loss"])
+
+    def calibrate(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        p = self._val_predictions(model)
+        temperature = fit_temperature(p["logits"], p["labels"])
+        val = compute_synthesis8_metrics(p["logits"], p["labels"], temperature)
+        cal = val["calibration"]
+        summary = {
+            "accuracy": val["accuracy"],
+            "macro_f1": val["macro_f1"],
+            "organ_accuracy": val["organ_accuracy"],
+            "real_vs_fake_auc": val["real_vs_fake"]["roc_auc"],
+            **{k: cal[k] for k in ("ece_before", "ece_after", "nll_before", "nll_after")},
+            "n": val["n"],
+        }
+        return {"temperature": temperature}, summary
+
+    def training_info(self, train_idx: Sequence[int]) -> dict[str, Any]:
+        labels = np.asarray(self.run.train.targets)[list(train_idx)]
+        counts = zip(*np.unique(labels, return_counts=True), strict=True)
+        return {"class_counts_train": {CLASS_NAMES[k]: int(v) for k, v in counts}}
+
+    def artifact_info(self) -> dict[str, Any]:
+        return {"class_names": list(CLASS_NAMES)}
+
+    def summary(self, calibration: dict[str, Any], val: dict[str, Any]) -> str:
+        return (
+            f"val accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f}, "
+            f"T={calibration['temperature']:.3f} (ECE {val['ece_before']:.4f} -> "
+            f"{val['ece_after']:.4f})"
+        )
+
+
 def train(
     cfg: Synthesis8Config,
     data: str | Path,
@@ -120,152 +185,16 @@ def train(
     show_progress: bool = True,
 ) -> Path:
     """Train, calibrate and save; returns the artifact folder."""
-    from medfakedet.data.medfake import MedFakeDataset
-
-    wall_start = time.monotonic()
-    run = prepare_run(cfg, data, out, "medfake", MedFakeDataset)
-    device, out, root = run.device, run.out, run.root
-    pre = cfg.preprocess()
-    train_ds, val_ds = run.train, run.val
-    train_idx = _cap_per_class(train_ds, cfg.max_train_per_class, cfg.seed)
-    subset = torch.utils.data.Subset(train_ds, train_idx * cfg.epoch_repeats)
-    # Clean (non-augmented) training images for BatchNorm statistics.
-    bn_ds = torch.utils.data.Subset(
-        run.clean_train,
-        [train_idx[i] for i in fixed_subset(len(train_idx), cfg.bn_recalibration_images, cfg.seed)],
-    )
-
-    model = build_classifier(len(CLASS_NAMES), cfg.arch).to(device)
-    # NHWC: tensor cores on GPU; on this 2-core CPU too, training runs 15-25% faster with it.
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-len(subset) // cfg.batch_size)
-    scheduler = LrScheduler(optimizer, cfg.lr_schedule, cfg.lr, steps_per_epoch, cfg.epochs)
-    precision = Precision(device, cfg.amp)
-    config = {"task": TASK, **config_to_dict(cfg)}
-
-    def batches(epoch: int):
-        train_ds.set_epoch(epoch)
-        scheduler.start_epoch(epoch)
-        return iter(
-            DataLoader(
-                subset,
-                batch_size=cfg.batch_size,
-                shuffle=True,
-                generator=epoch_generator(cfg.seed, epoch),
-                num_workers=cfg.num_workers,
-                pin_memory=device.type == "cuda",
-            )
-        )
-
-    def train_step(batch) -> dict[str, float]:
-        x, y = batch
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with precision.autocast():
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        scheduler.step()
-        precision.step(loss, optimizer)
-        acc = (logits.argmax(1) == y).float().mean().item()
-        return {"loss": loss.item(), "acc": acc, "n": len(y)}
-
-    def validate() -> dict[str, float]:
-        if len(bn_ds):
-            loader = DataLoader(bn_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-            recalibrate_batchnorm(model, (x for x, _ in loader), device)
-        p = predict_synthesis8(model, val_ds, device, cfg.eval_batch_size)
-        m = compute_synthesis8_metrics(p["logits"], p["labels"])
-        loss = float(F.cross_entropy(torch.from_numpy(p["logits"]), torch.from_numpy(p["labels"])))
-        return {"acc": m["accuracy"], "macro_f1": m["macro_f1"], "loss": loss}
-
-    result = fit(
-        model=model,
-        optimizer=optimizer,
-        precision=precision,
-        epochs=cfg.epochs,
-        batches=batches,
-        n_batches=lambda _e: steps_per_epoch,
-        train_step=train_step,
-        validate=validate,
-        score=lambda v: (v["acc"], -v["loss"]),
-        out=out,
-        config=config,
-        resume=resume,
-        max_minutes=cfg.max_minutes,
-        show_progress=show_progress,
-    )
-
-    # Calibrate the best weights on validation: temperature scaling.
-    model.load_state_dict(result.best_weights)
-    p = predict_synthesis8(model, val_ds, device, cfg.eval_batch_size)
-    temperature = fit_temperature(p["logits"], p["labels"])
-    val = compute_synthesis8_metrics(p["logits"], p["labels"], temperature)
-    val_summary = {
-        "accuracy": val["accuracy"],
-        "macro_f1": val["macro_f1"],
-        "organ_accuracy": val["organ_accuracy"],
-        "real_vs_fake_auc": val["real_vs_fake"]["roc_auc"],
-        **{
-            k: val["calibration"][k] for k in ("ece_before", "ece_after", "nll_before", "nll_after")
-        },
-        "n": val["n"],
-    }
-    training = {
-        "config": config,
-        "data": str(root),
-        "split_sizes": {"train": len(train_idx), "val": len(val_ds)},
-        "class_counts_train": {
-            CLASS_NAMES[k]: int(v)
-            for k, v in zip(
-                *np.unique(np.asarray(train_ds.targets)[train_idx], return_counts=True), strict=True
-            )
-        },
-        "history": result.state.history,
-        "best_epoch": result.state.best_epoch,
-        "epochs_run": result.state.epoch,
-        "stopped_early": result.state.stopped_early,
-        "train_seconds": round(result.train_seconds, 2),
-        "total_seconds": round(time.monotonic() - wall_start, 2),
-        "machine": machine_info(device),
-    }
-    model.to("cpu")
-    save_artifact(
-        out,
-        model,
-        task=TASK,
-        arch=cfg.arch,
-        preprocess=pre,
-        class_names=list(CLASS_NAMES),
-        calibration={"temperature": temperature},
-        metrics={"val": val_summary},
-        training=training,
-        version=cfg.version,
-    )
-    write_json(out / "config.json", config)
-    print(
-        f"saved {out}: val accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f}, "
-        f"T={temperature:.3f} (ECE {val_summary['ece_before']:.4f} -> "
-        f"{val_summary['ece_after']:.4f}), {training['total_seconds']:.0f} s",
-        file=sys.stderr,
-    )
-    return out
+    return train_task(Synthesis8Task(cfg), data, out, resume, show_progress)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Synthesis8Config]:
     parser = build_arg_parser(__doc__.splitlines()[0], CONFIG_DIR / "synthesis8.yaml")
-    args = parser.parse_args(argv)
-    try:
-        cfg = resolve_config(Synthesis8Config, args, "synthesis8")
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
-    return args, cfg
+    return parse_config_args(parser, Synthesis8Config, "synthesis8", argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, cfg = parse_args(argv)
-    train(cfg, args.data, args.out, resume=args.resume, show_progress=not args.quiet)
-    return 0
+    return run_cli(parse_args, train, argv)
 
 
 if __name__ == "__main__":

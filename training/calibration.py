@@ -1,0 +1,196 @@
+"""Calibration, fitted on the validation split only: the temperature of synthesis8, and the
+presence and box thresholds of the localizer; plus the paper's threshold sweep.
+
+Boxes always come from :func:`medfakedet.schema.detect_regions`, the rule serving applies, so a
+threshold chosen here is judged on exactly the boxes a client would get.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from medfakedet.density import Box, presence_score
+from medfakedet.metrics import (
+    binary_metrics,
+    box_detection_metrics,
+    negative_log_likelihood,
+)
+from medfakedet.schema import detect_regions
+
+#: The paper's default threshold, kept when validation holds one class only.
+PAPER_THRESHOLD = 0.28
+#: Thresholds of the paper's ablation table (one threshold for presence and boxes).
+SWEEP_THRESHOLDS: tuple[float, ...] = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))
+
+
+def fit_temperature(
+    logits: np.ndarray,
+    labels: Sequence[int],
+    t_min: float = 0.05,
+    t_max: float = 20.0,
+    tol: float = 1e-5,
+) -> float:
+    """Temperature ``T`` in ``[t_min, t_max]`` that minimises the NLL of softmax(logits / T).
+
+    The NLL is convex in ``1 / T``, hence unimodal in ``log T``: bounded Brent search
+    (``scipy.optimize.minimize_scalar``) on ``log T`` to ``tol``. Deterministic; fit it on
+    validation logits, never on test.
+    """
+    if not (0 < t_min < t_max and math.isfinite(t_max)):
+        raise ValueError(f"need 0 < t_min < t_max; got t_min={t_min}, t_max={t_max}")
+    negative_log_likelihood(logits, labels)  # checks shapes and labels, says what is wrong
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    result = minimize_scalar(
+        lambda log_t: negative_log_likelihood(z, y, math.exp(log_t)),
+        bounds=(math.log(t_min), math.log(t_max)),
+        method="bounded",
+        options={"xatol": tol},
+    )
+    return float(math.exp(result.x))
+
+
+def middle_of_best_run(values: Sequence[float]) -> int:
+    """Index of the middle of the longest run of (near-)maximal values: the stablest choice.
+
+    The lower middle for an even run; the first run when two are equally long.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    best = np.isclose(v, v.max(), rtol=0.0, atol=1e-12)
+    runs, start = [], None
+    for i, b in enumerate([*best, False]):
+        if b and start is None:
+            start = i
+        elif not b and start is not None:
+            runs.append((i - start, -start))
+            start = None
+    length, neg_start = max(runs)
+    return -neg_start + (length - 1) // 2
+
+
+def choose_threshold(
+    scores: Sequence[float], y_true: Sequence, candidates: Sequence[float] | None = None
+) -> tuple[float, float]:
+    """The threshold (``score >= thr`` is positive) with the highest F1, and that F1.
+
+    Candidates default to 0.01, 0.02, ..., 0.99. Often a whole range of thresholds ties for
+    the best F1 on validation; this returns the middle of the longest run of consecutive
+    (sorted) best candidates (:func:`middle_of_best_run`), the threshold furthest from the
+    edges where validation F1 starts to drop.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or not np.all(np.isfinite(s)):
+        raise ValueError("scores must be a 1-D sequence of finite numbers")
+    if candidates is None:
+        candidates = np.round(np.arange(1, 100) / 100.0, 2)
+    cands = np.unique(np.asarray(candidates, dtype=np.float64))
+    if cands.size == 0 or not np.all(np.isfinite(cands)):
+        raise ValueError("candidates must be a non-empty sequence of finite thresholds")
+    f1s = [binary_metrics(y_true, s >= c)["f1"] for c in cands]
+    k = middle_of_best_run(f1s)
+    return float(cands[k]), float(f1s[k])
+
+
+def served_boxes(
+    densities: Sequence[np.ndarray], threshold: float, min_area: int, presence_threshold: float
+) -> list[list[Box]]:
+    """The boxes serving returns for each map (:func:`medfakedet.schema.detect_regions`)."""
+    return [detect_regions(d, threshold, min_area, presence_threshold).boxes for d in densities]
+
+
+def choose_box_threshold(
+    densities: Sequence[np.ndarray],
+    gt_boxes: Sequence[Sequence[Box]],
+    min_area: int,
+    candidates: Sequence[float] | None = None,
+    iou_threshold: float = 0.5,
+    presence_threshold: float = 0.0,
+) -> tuple[float, float]:
+    """The density threshold with the best box F1 at ``iou_threshold``, and that F1 (fit on
+    validation); boxes as served at ``presence_threshold``."""
+    if candidates is None:
+        candidates = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    f1s = [
+        box_detection_metrics(
+            served_boxes(densities, t, min_area, presence_threshold), gt_boxes, iou_threshold
+        )["f1"]
+        for t in candidates
+    ]
+    k = middle_of_best_run(f1s)
+    return float(candidates[k]), float(f1s[k])
+
+
+def calibrate_localizer(
+    pred: Any, min_area: int, box_candidates: Sequence[float] | None = None
+) -> tuple[dict[str, float], float]:
+    """Presence threshold (best presence F1), then box threshold (best box F1 @ IoU 0.5 of the
+    boxes served at that presence threshold), both on validation predictions ``pred``
+    (:class:`training.inference.LocalizerPredictions`).
+
+    Returns the calibration and the validation box F1 it reaches.
+    """
+    peaks = np.array([presence_score(d) for d in pred.density])
+    if 0 < pred.present.sum() < len(pred.present):
+        presence_threshold, _ = choose_threshold(peaks, pred.present)
+    else:
+        presence_threshold = PAPER_THRESHOLD  # one class only in val: nothing to fit
+    box_threshold, box_f1 = choose_box_threshold(
+        pred.density,
+        pred.gt_boxes,
+        min_area,
+        box_candidates,
+        presence_threshold=float(presence_threshold),
+    )
+    calibration = {
+        "presence_threshold": float(presence_threshold),
+        "box_threshold": float(box_threshold),
+        "min_area": int(min_area),
+    }
+    return calibration, box_f1
+
+
+def threshold_sweep(
+    densities: Sequence[np.ndarray],
+    gt_boxes_per_image: Sequence[Sequence[Box]],
+    gt_present: Sequence,
+    thresholds: Sequence[float] = SWEEP_THRESHOLDS,
+    min_area: int = 20,
+    iou_threshold: float = 0.5,
+) -> list[dict[str, float | int]]:
+    """Presence and box metrics of density maps over a list of thresholds.
+
+    For each threshold ``thr`` (the same for presence and boxes, as in the paper): the served
+    findings ``detect_regions(density, thr, min_area, thr)``; presence against ``gt_present``,
+    boxes matched to the ground truth at ``iou_threshold``.
+
+    Returns:
+        One row per threshold: ``threshold``, ``presence_accuracy`` / ``_precision`` /
+        ``_recall`` / ``_f1``, ``box_precision`` / ``_recall`` / ``_f1``, ``box_tp`` / ``_fp``
+        / ``_fn``, ``mean_iou``, ``count_mae``.
+    """
+    if not len(densities) == len(gt_boxes_per_image) == len(gt_present):
+        raise ValueError(
+            "densities, gt_boxes_per_image and gt_present must list the same images; got "
+            f"{len(densities)}, {len(gt_boxes_per_image)} and {len(gt_present)}"
+        )
+    rows = []
+    for thr in thresholds:
+        findings = [detect_regions(d, thr, min_area, thr) for d in densities]
+        presence = binary_metrics(gt_present, [f.manipulated for f in findings])
+        pred_boxes = [f.boxes for f in findings]
+        boxes = box_detection_metrics(pred_boxes, gt_boxes_per_image, iou_threshold)
+        rows.append(
+            {
+                "threshold": float(thr),
+                **{f"presence_{k}": presence[k] for k in ("accuracy", "precision", "recall", "f1")},
+                **{f"box_{k}": boxes[k] for k in ("precision", "recall", "f1", "tp", "fp", "fn")},
+                "mean_iou": boxes["mean_iou"],
+                "count_mae": boxes["count_mae"],
+            }
+        )
+    return rows
