@@ -6,7 +6,8 @@
 * :mod:`~medfakedet.deploy.render`: TorchServe's config.properties and nginx.conf for a stack;
 * :mod:`~medfakedet.deploy.ports`: free ports, and who holds a busy one;
 * :mod:`~medfakedet.deploy.stack`: start, wait, status and stop of the processes;
-* :mod:`~medfakedet.deploy.config`: the names, ports, paths and error they share.
+* :mod:`~medfakedet.deploy.config`: the names, ports, paths and error they share;
+* ``__main__``: the command line, and the URLs it prints for people.
 """
 
 from medfakedet.deploy.archive import (
@@ -35,7 +36,6 @@ from medfakedet.deploy.render import (
 from medfakedet.deploy.stack import (
     Stack,
     StackStatus,
-    describe,
     is_alive,
     models_ready,
     read_keys,
@@ -58,7 +58,6 @@ __all__ = [
     "build_archive",
     "can_bind",
     "check_ports_free",
-    "describe",
     "find_artifact",
     "find_tool",
     "free_port",

@@ -18,9 +18,9 @@ from medfakedet.deploy import (
     MODELS,
     REPO_ROOT,
     DeployError,
+    Stack,
     StackConfig,
     archive_all,
-    describe,
     stack_status,
     start,
     stop,
@@ -28,7 +28,11 @@ from medfakedet.deploy import (
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m medfakedet.deploy", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m medfakedet.deploy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     arc = sub.add_parser("archive", help="build the .mar archives from trained artifacts")
     arc.add_argument("--artifacts", type=Path, default=REPO_ROOT / "artifacts")
@@ -48,6 +52,32 @@ def _parser() -> argparse.ArgumentParser:
         if p.prog.split()[-1] != "archive":
             p.add_argument("--log-dir", type=Path, default=REPO_ROOT / "logs")
     return parser
+
+
+def describe(stack: Stack) -> str:
+    """URLs and a curl example, for people."""
+    base = stack.base_url or stack.inference_url
+    detect = "/detect" if stack.base_url else "/predictions"
+    auth = ' -H "Authorization: Bearer $KEY"' if stack.token_auth else ""
+    lines = [
+        f"web page + paper endpoints (nginx): {stack.base_url or '(nginx not started)'}",
+        f"TorchServe inference:  {stack.inference_url}/predictions/<model>",
+        f"TorchServe management: {stack.management_url}/models",
+        f"Prometheus metrics:    {stack.metrics_url}/metrics",
+        f"logs:                  {stack.log_dir}",
+        "",
+        "try:",
+        f"  curl{auth} -F image=@scan.png {base}{detect}/synthesis8",
+        f"  curl{auth} -F image=@scan.png -F thr=0.28 -F min_area=20 "
+        f"{base}{detect}/manipulation_density",
+    ]
+    if stack.token_auth:
+        lines.insert(
+            6,
+            f'token auth is ON: KEY=$(python -c "import json;print(json.load(open('
+            f"'{stack.run_dir}/key_file.json'))['inference']['key'])\")",
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -198,7 +198,7 @@ def _read_pid(pid_file: Path, what: str, log: Path) -> psutil.Process:
     """The process whose pid ``pid_file`` names, once the file is written (5 s at most)."""
     for _ in range(50):
         text = pid_file.read_text().strip() if pid_file.is_file() else ""
-        if text:
+        if text.isdigit():  # else not written yet, or half written
             try:
                 return psutil.Process(int(text))
             except psutil.NoSuchProcess:
@@ -379,29 +379,3 @@ def stack_status(log_dir: str | Path) -> StackStatus:
         return StackStatus(None, False, False, {})
     torchserve, nginx = stack.torchserve() is not None, stack.nginx() is not None
     return StackStatus(stack, torchserve, nginx, models_ready(stack) if torchserve else {})
-
-
-def describe(stack: Stack) -> str:
-    """URLs and a curl example, for people."""
-    base = stack.base_url or stack.inference_url
-    detect = "/detect" if stack.base_url else "/predictions"
-    auth = ' -H "Authorization: Bearer $KEY"' if stack.token_auth else ""
-    lines = [
-        f"web page + paper endpoints (nginx): {stack.base_url or '(nginx not started)'}",
-        f"TorchServe inference:  {stack.inference_url}/predictions/<model>",
-        f"TorchServe management: {stack.management_url}/models",
-        f"Prometheus metrics:    {stack.metrics_url}/metrics",
-        f"logs:                  {stack.log_dir}",
-        "",
-        "try:",
-        f"  curl{auth} -F image=@scan.png {base}{detect}/synthesis8",
-        f"  curl{auth} -F image=@scan.png -F thr=0.28 -F min_area=20 "
-        f"{base}{detect}/manipulation_density",
-    ]
-    if stack.token_auth:
-        lines.insert(
-            6,
-            f'token auth is ON: KEY=$(python -c "import json;print(json.load(open('
-            f"'{stack.run_dir}/key_file.json'))['inference']['key'])\")",
-        )
-    return "\n".join(lines)
