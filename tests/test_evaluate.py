@@ -230,7 +230,10 @@ def test_markdown_table():
 RESULT = {
     "thr": 0.25,
     "scores": {"cat": {"p": 0.5, "n": 3}, "dog": {"p": 1.0, "n": 1}},
-    "runs": [{"kind": "a", "nested": {"f1": 0.125}}, {"kind": "b", "nested": {"f1": None}}],
+    "runs": [
+        {"kind": "a", "nested": {"f1": 0.125}, "recall@0.5": 1.0},
+        {"kind": "b", "nested": {"f1": None}, "recall@0.5": 0.5},
+    ],
     "pair": {"before": 0.5, "after": 0.25},
 }
 
@@ -241,11 +244,12 @@ def test_tables_render_from_specs():
         "## Scores at 0.25", "", "| class | P |", "|---|---|", "| cat | 0.5000 |",
         "| dog | 1.0000 |", "",
     ]  # fmt: skip
-    listed = Table("Runs", rows="runs", columns=(("kind", "kind"), ("F1", "nested.f1")),
-                   note="A note.", after="![plot](p.png)")  # fmt: skip
+    # A dotted path reads nested keys; a key holding a dot is found whole.
+    columns = (("kind", "kind"), ("F1", "nested.f1"), ("R", "recall@0.5"))
+    listed = Table("Runs", rows="runs", columns=columns, note="A note.", after="![plot](p.png)")
     assert render_table(listed, RESULT) == [
-        "## Runs", "", "A note.", "", "| kind | F1 |", "|---|---|", "| a | 0.1250 |",
-        "| b | n/a |", "", "![plot](p.png)", "",
+        "## Runs", "", "A note.", "", "| kind | F1 | R |", "|---|---|---|",
+        "| a | 0.1250 | 1.0000 |", "| b | n/a | 0.5000 |", "", "![plot](p.png)", "",
     ]  # fmt: skip
     labelled = Table(
         "Summary",

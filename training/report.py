@@ -177,14 +177,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def lookup(data: Any, path: KeyPath, key: str | None = None) -> Any:
-    """The value at a dotted key ``path`` in ``data`` (see the module docstring)."""
+    """The value at a dotted key ``path`` in ``data`` (see the module docstring); a key that
+    itself holds dots (``"box_recall@0.5"``) is found whole."""
     if isinstance(path, tuple):
         return tuple(lookup(data, p, key) for p in path)
     if path == "$key":
         return key
-    for part in path.split(".") if path else ():
-        data = data[part]
-    return data
+    if not path:
+        return data
+    if isinstance(data, dict) and path in data:
+        return data[path]
+    head, _, rest = path.partition(".")
+    return lookup(data[head], rest)
 
 
 def _rows(table: Table, result: dict[str, Any]) -> list[tuple[str | None, Any]]:
