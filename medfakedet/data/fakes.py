@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .phantoms.canvas import display_uint8
+
 DEFAULT_TIME_BUDGET_S = 16.0
 #: Share of make_fakes' time budget that each approach's fit() may use.
 _BUDGET_SHARE = {"vae": 0.6, "diffusion_resynth": 0.22, "upsample": 0.18}
@@ -103,14 +105,10 @@ def _match_histogram(img: np.ndarray, ref: np.ndarray, levels: int = 256) -> np.
     return np.interp(img, src_q, ref_q[keep]).astype(np.float32)
 
 
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
 def _finish(fake: torch.Tensor, ref: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     """Resize a (1, h, w) fake to ``shape``, match ``ref``'s histogram, quantise to uint8."""
     img = _resize(fake[None], shape)[0, 0].numpy()
-    return _to_uint8(_match_histogram(img, ref[0].numpy()))
+    return display_uint8(_match_histogram(img, ref[0].numpy()))
 
 
 def _torch_seed(rng: np.random.Generator) -> int:
@@ -196,6 +194,26 @@ class _FittedBase:
             raise RuntimeError(f"{type(self).__name__}.sample() called before fit()")
         return self._reals
 
+    def _start_fit(
+        self,
+        reals: list[np.ndarray],
+        rng: np.random.Generator,
+        work_shape: tuple[int, int] | None,
+        factory: Callable[[], nn.Module],
+    ) -> tuple[torch.Tensor, nn.Module, torch.Generator]:
+        """Keep the reals and build the seeded model; returns (reals resized to ``work_shape``,
+        None: the capped patch shape; the model; the training generator)."""
+        self._reals, self._shape = _stack_reals(reals)
+        work = _resize(self._reals, work_shape or _work_shape(self._shape, _MAX_WORK_SIZE))
+        seed = _torch_seed(rng)
+        model = _build(seed, factory)
+        return work, model, torch.Generator().manual_seed(seed)
+
+    def _sampling(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Generator]:
+        """(fitted reals, sampling generator) at the start of ``sample``."""
+        reals = self._require_fit()
+        return reals, torch.Generator().manual_seed(_torch_seed(rng))
+
     def _pick(self, n: int, gen: torch.Generator) -> torch.Tensor:
         picks = torch.randint(0, self._require_fit().shape[0], (n,), generator=gen)
         self.last_sources = picks.tolist()
@@ -245,12 +263,10 @@ class VAESynthesizer(_FittedBase):
         self.model: _ConvVAE | None = None
 
     def fit(self, reals: list[np.ndarray], rng: np.random.Generator, time_budget_s: float) -> None:
-        self._reals, self._shape = _stack_reals(reals)
-        x64 = _resize(self._reals, (self.size, self.size))
-        seed = _torch_seed(rng)
-        self.model = _build(seed, lambda: _ConvVAE(self.latent))
-        gen = torch.Generator().manual_seed(seed)
-        model, beta = self.model, self.beta
+        x64, model, gen = self._start_fit(
+            reals, rng, (self.size, self.size), lambda: _ConvVAE(self.latent)
+        )
+        self.model, beta = model, self.beta
 
         def loss(g: torch.Generator) -> torch.Tensor:
             idx = torch.randint(0, x64.shape[0], (16,), generator=g)
@@ -267,9 +283,8 @@ class VAESynthesizer(_FittedBase):
 
     @torch.no_grad()
     def sample(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
-        reals = self._require_fit()
+        reals, gen = self._sampling(rng)
         assert self.model is not None
-        gen = torch.Generator().manual_seed(_torch_seed(rng))
         b, a = self._pick(n, gen), self._pick(n, gen)  # a (picked last) is the source
         mu_a, logvar_a = self.model.encode(self._x64[a])
         mu_b, _ = self.model.encode(self._x64[b])
@@ -308,11 +323,7 @@ class DiffusionResynthSynthesizer(_FittedBase):
         return x - s * self.model(torch.cat([x, s], dim=1))
 
     def fit(self, reals: list[np.ndarray], rng: np.random.Generator, time_budget_s: float) -> None:
-        self._reals, self._shape = _stack_reals(reals)
-        self._work = _resize(self._reals, _work_shape(self._shape, _MAX_WORK_SIZE))
-        seed = _torch_seed(rng)
-        self.model = _build(seed, lambda: _TinyConvNet(2))
-        gen = torch.Generator().manual_seed(seed)
+        self._work, self.model, gen = self._start_fit(reals, rng, None, lambda: _TinyConvNet(2))
         lo, hi = np.log(self.sigma_end), np.log(self.sigma_start * 1.2)
 
         def loss(g: torch.Generator) -> torch.Tensor:
@@ -327,8 +338,7 @@ class DiffusionResynthSynthesizer(_FittedBase):
 
     @torch.no_grad()
     def sample(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
-        reals = self._require_fit()
-        gen = torch.Generator().manual_seed(_torch_seed(rng))
+        reals, gen = self._sampling(rng)
         src = self._pick(n, gen)
         x0 = self._work[src]
         sigmas = np.geomspace(self.sigma_start, self.sigma_end, self.n_steps + 1)
@@ -364,11 +374,7 @@ class UpsamplerSynthesizer(_FittedBase):
         return up + self.model(up)
 
     def fit(self, reals: list[np.ndarray], rng: np.random.Generator, time_budget_s: float) -> None:
-        self._reals, self._shape = _stack_reals(reals)
-        self._work = _resize(self._reals, _work_shape(self._shape, _MAX_WORK_SIZE))
-        seed = _torch_seed(rng)
-        self.model = _build(seed, lambda: _TinyConvNet(1))
-        gen = torch.Generator().manual_seed(seed)
+        self._work, self.model, gen = self._start_fit(reals, rng, None, lambda: _TinyConvNet(1))
         patch = 8 * self.factor
 
         def loss(g: torch.Generator) -> torch.Tensor:
@@ -379,8 +385,7 @@ class UpsamplerSynthesizer(_FittedBase):
 
     @torch.no_grad()
     def sample(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
-        reals = self._require_fit()
-        gen = torch.Generator().manual_seed(_torch_seed(rng))
+        reals, gen = self._sampling(rng)
         src = self._pick(n, gen)
         out = self._upsample(self._work[src]).clamp(0, 1)
         return [_finish(out[i], reals[src[i]], self._shape) for i in range(n)]

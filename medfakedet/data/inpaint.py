@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from medfakedet.density import (
     Box,
@@ -44,7 +43,7 @@ from medfakedet.preprocess import (
     to_tensor,
 )
 
-from .medfake import SPLITS, PixelCache, assign_groups, is_image_file, item_seed, read_manifest
+from .medfake import SPLITS, SplitDataset, assign_groups, is_image_file, read_manifest
 
 SPLIT_FILE = "split_fixed_density.json"
 SUBDIRS: tuple[str, ...] = ("images", "density", "masks", "labels")
@@ -183,7 +182,7 @@ def write_record(
     return len(boxes)
 
 
-class MedFakeInpaintDataset(Dataset):
+class MedFakeInpaintDataset(SplitDataset):
     """MedFakeInpaint items as dicts of tensors for the density localiser.
 
     ``__getitem__(i)`` returns ``{"image": (1, S, S) float (core preprocessing), "density":
@@ -212,25 +211,13 @@ class MedFakeInpaintDataset(Dataset):
         seed: int = 42,
         cache: bool = True,
     ) -> None:
-        if split not in (*SPLITS, "all"):
-            raise ValueError(f"unknown split {split!r}; expected train, val, test or all")
-        self.root = Path(root)
+        super().__init__(root, split, preprocess, augment, seed, cache)
         self.ids: list[str] = (
             list_ids(self.root)
             if split == "all"
             else load_split(self.root, split_mode, seed)[split]
         )
-        self.split = split
-        self.preprocess = preprocess
-        self.augment = augment
-        self.seed = seed
-        self.epoch = 0
         self._files = {sub: index_files(self.root, sub) for sub in SUBDIRS}
-        self._cache = PixelCache(cache)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draw of ``epoch``."""
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -242,7 +229,7 @@ class MedFakeInpaintDataset(Dataset):
         path = self._path(subdir, image_id)
         if path is None:
             raise FileNotFoundError(f"{self.root / subdir} has no file for ID {image_id!r}")
-        pixels = self._cache.pixels(path)
+        pixels = self.pixel_cache.pixels(path)
         # Maps are stored gray; an RGB map keeps its first channel.
         return pixels[:, :, 0]
 
@@ -276,7 +263,9 @@ class MedFakeInpaintDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         image_id = self.ids[index]
         size = self.preprocess.size
-        image = eval_transform(self._cache.pixels(self._path("images", image_id)), self.preprocess)
+        image = eval_transform(
+            self.pixel_cache.pixels(self._path("images", image_id)), self.preprocess
+        )
         mask_hw = self._mask(image_id)
         if self._path("density", image_id) is not None:
             density_hw = self._gray("density", image_id)
@@ -288,8 +277,7 @@ class MedFakeInpaintDataset(Dataset):
         if mask.shape[-2:] != (size, size):
             mask = F.interpolate(mask[None], size=(size, size), mode="nearest")[0]
         if self.augment:
-            generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
-            flips = torch.rand(2, generator=generator) < 0.5
+            flips = torch.rand(2, generator=self.item_generator(index)) < 0.5
             dims = [d for d, f in zip((-1, -2), flips.tolist(), strict=True) if f]
             if dims:
                 image, density, mask = (t.flip(dims) for t in (image, density, mask))

@@ -57,6 +57,13 @@ def _check_inputs(image: np.ndarray, tissue_mask: np.ndarray) -> None:
         )
 
 
+def _setup(image: np.ndarray, tissue_mask: np.ndarray) -> tuple[float, int, np.ndarray]:
+    """Check a manipulation's inputs; returns (scale to 128 px, smallest accepted region in
+    pixels, the image as float32 to edit)."""
+    _check_inputs(image, tissue_mask)
+    return _scale(image), min_region_area(min(image.shape)), image.astype(np.float32)
+
+
 def _nothing(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return image.copy(), np.zeros(image.shape, dtype=bool)
 
@@ -133,10 +140,7 @@ def insert_lesion(
     image: np.ndarray, tissue_mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Insert a textured lesion (bright, dark or ring-enhancing) inside ``tissue_mask``."""
-    _check_inputs(image, tissue_mask)
-    s = _scale(image)
-    min_area = min_region_area(min(image.shape))
-    orig = image.astype(np.float32)
+    s, min_area, orig = _setup(image, tissue_mask)
     for _ in range(_TRIES):
         a, b = rng.uniform(4.0, 11.0, size=2) * s
         centre = _pick_centre(tissue_mask, max(a, b) + 1.0, rng)
@@ -216,10 +220,7 @@ def remove_structure(
     image: np.ndarray, tissue_mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Erase a local bright or dark structure inside the tissue by inpainting from its border."""
-    _check_inputs(image, tissue_mask)
-    s = _scale(image)
-    min_area = min_region_area(min(image.shape))
-    orig = image.astype(np.float32)
+    s, min_area, orig = _setup(image, tissue_mask)
     # Structures are what stands out from the local background (a heavy blur).
     background = ndimage.gaussian_filter(orig, 4.0 * s)
     residual = orig - background
@@ -262,10 +263,7 @@ def copy_move(
     image: np.ndarray, tissue_mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Copy an elliptic patch of the slice onto another place inside ``tissue_mask``."""
-    _check_inputs(image, tissue_mask)
-    s = _scale(image)
-    min_area = min_region_area(min(image.shape))
-    orig = image.astype(np.float32)
+    s, min_area, orig = _setup(image, tissue_mask)
     h, w = image.shape
     # Sources come from anywhere in the organ: the copied content need only be anatomy.
     organ = ndimage.binary_fill_holes(tissue_mask)

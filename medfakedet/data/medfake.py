@@ -246,7 +246,43 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
-class MedFakeDataset(Dataset):
+class SplitDataset(Dataset):
+    """What both dataset readers share: one split of a folder, decoded files kept in a
+    :class:`PixelCache`, and augmentation drawn per (seed, epoch, index).
+
+    Subclasses list their items after calling ``__init__`` and use :meth:`item_generator` for
+    their random augmentation.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        preprocess: PreprocessConfig,
+        augment: bool,
+        seed: int,
+        cache: bool,
+    ) -> None:
+        if split not in (*SPLITS, "all"):
+            raise ValueError(f"unknown split {split!r}; expected train, val, test or all")
+        self.root = Path(root)
+        self.split = split
+        self.preprocess = preprocess
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.pixel_cache = PixelCache(cache)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draw of ``epoch`` (no effect without augment)."""
+        self.epoch = int(epoch)
+
+    def item_generator(self, index: int) -> torch.Generator:
+        """The augmentation generator of item ``index`` in the current epoch."""
+        return torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
+
+
+class MedFakeDataset(SplitDataset):
     """MedFake images of one split as ``(tensor (C, S, S), class index)``.
 
     Decodes with medfakedet.imaging and transforms with the core preprocessing
@@ -274,35 +310,22 @@ class MedFakeDataset(Dataset):
         seed: int = 42,
         cache: bool = True,
     ) -> None:
-        if split not in (*SPLITS, "all"):
-            raise ValueError(f"unknown split {split!r}; expected train, val, test or all")
-        self.root = Path(root)
+        super().__init__(root, split, preprocess, augment, seed, cache)
         all_samples = scan_medfake(self.root)
         self.samples: list[Sample] = (
             all_samples if split == "all" else split_medfake(all_samples, split_mode, seed)[split]
         )
         self.targets: list[int] = [s.label for s in self.samples]
-        self.split = split
-        self.preprocess = preprocess
-        self.augment = augment
-        self.seed = seed
-        self.epoch = 0
-        self._cache = PixelCache(cache)
         self._train = train_transform(preprocess) if augment else None
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draw of ``epoch`` (no effect without augment)."""
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
-        pixels = self._cache.pixels(sample.path)
+        pixels = self.pixel_cache.pixels(sample.path)
         if self._train is not None:
-            generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
-            x = self._train(pixels, generator)
+            x = self._train(pixels, self.item_generator(index))
         else:
             x = eval_transform(pixels, self.preprocess)
         return x, sample.label
