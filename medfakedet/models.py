@@ -31,6 +31,15 @@ def _double_conv(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+def _check_divisible(x: torch.Tensor, multiple: int, model: str) -> None:
+    """Refuse an input whose height or width the model's downsampling cannot halve evenly."""
+    if x.shape[-1] % multiple or x.shape[-2] % multiple:
+        raise ValueError(
+            f"{model} needs height and width divisible by {multiple}, got "
+            f"{tuple(x.shape[-2:])}; resize or pad the input"
+        )
+
+
 class UNetDensity(nn.Module):
     """The paper's small U-Net: encoder 32-64, bottleneck 128, bilinear upsampling, two heads.
 
@@ -49,11 +58,7 @@ class UNetDensity(nn.Module):
         self.mask_head = nn.Conv2d(base, 1, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.shape[-1] % 4 or x.shape[-2] % 4:
-            raise ValueError(
-                f"UNetDensity needs height and width divisible by 4, got {tuple(x.shape[-2:])}; "
-                "resize or pad the input"
-            )
+        _check_divisible(x, 4, "UNetDensity")
         e1 = self.enc1(x)
         e2 = self.enc2(F.max_pool2d(e1, 2))
         b = self.bottleneck(F.max_pool2d(e2, 2))
@@ -79,11 +84,7 @@ class SmpUNetDensity(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.shape[-1] % 32 or x.shape[-2] % 32:
-            raise ValueError(
-                f"smp U-Net needs height and width divisible by 32, got {tuple(x.shape[-2:])}; "
-                "resize or pad the input"
-            )
+        _check_divisible(x, 32, "smp U-Net")
         out = self.net(x)
         return torch.sigmoid(out[:, :1]), out[:, 1:2]
 

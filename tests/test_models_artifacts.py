@@ -25,8 +25,10 @@ def test_localizer_outputs_density_and_mask(arch):
 
 
 def test_localizer_errors_say_how_to_fix():
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ValueError, match=r"divisible by 4, got \(30, 30\); resize or pad"):
         build_localizer()(torch.zeros(1, 1, 30, 30))
+    with pytest.raises(ValueError, match=r"divisible by 32, got \(68, 68\); resize or pad"):
+        build_localizer("smp_unet:resnet18")(torch.zeros(1, 1, 68, 68))
     with pytest.raises(ValueError, match="unknown localizer arch"):
         build_localizer("yolo")
 
