@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 
 import numpy as np
@@ -186,8 +187,8 @@ def _fit_sample(name: str, reals: list[np.ndarray], seed: int, n: int = 4) -> li
 
 
 def test_registry_names() -> None:
+    # The names are the manifest's "approach" values: renaming one changes the datasets.
     assert set(SYNTHESIZERS) == {"vae", "diffusion_resynth", "upsample"}
-    assert all(cls.name == key for key, cls in SYNTHESIZERS.items())
 
 
 @pytest.mark.parametrize("name", sorted(_TINY))
@@ -230,8 +231,16 @@ def test_sample_before_fit_and_bad_input_raise() -> None:
         UpsamplerSynthesizer().fit([np.zeros((8, 8, 3), np.uint8)], np.random.default_rng(0), 1.0)
 
 
-def test_make_fakes_round_robin(brain_reals: list[np.ndarray]) -> None:
-    out = make_fakes("brain", brain_reals, 7, np.random.default_rng(0), time_budget_s=1.5)
+def test_make_fakes_round_robin(
+    brain_reals: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Step caps, not a time budget, end training: the fakes do not depend on machine load.
+    for name, tiny in _TINY.items():
+        monkeypatch.setitem(SYNTHESIZERS, name, tiny)
+    out = make_fakes("brain", brain_reals, 7, np.random.default_rng(0), time_budget_s=math.inf)
+    again = make_fakes("brain", brain_reals, 7, np.random.default_rng(0), time_budget_s=math.inf)
+    for (image, name, source), (image2, name2, source2) in zip(out, again, strict=True):
+        assert np.array_equal(image, image2) and (name, source) == (name2, source2)
     assert [name for _, name, _ in out] == [
         "vae",
         "diffusion_resynth",
@@ -244,7 +253,7 @@ def test_make_fakes_round_robin(brain_reals: list[np.ndarray]) -> None:
     assert all(img.shape == (64, 64) and img.dtype == np.uint8 for img, _, _ in out)
     assert all(0 <= src < len(brain_reals) for _, _, src in out)
     two = make_fakes(
-        "brain", brain_reals, 2, np.random.default_rng(0), ("upsample",), time_budget_s=0.5
+        "brain", brain_reals, 2, np.random.default_rng(0), ("upsample",), time_budget_s=math.inf
     )
     assert [name for _, name, _ in two] == ["upsample", "upsample"]
     # The upsampler regenerates its source real: the reported source is the closest real.
