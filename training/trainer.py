@@ -117,7 +117,9 @@ class TrainingTask(ABC):
         """The one line printed after saving (without the folder and the seconds)."""
 
 
-def prepare_run(cfg: Any, data: str | Path, out: str | Path, layout: str, dataset_cls: type):
+def prepare_run(
+    cfg: Any, data: str | Path, out: str | Path, layout: str, dataset_cls: type
+) -> RunData:
     """Validate ``cfg``, set threads / seeds / device, and open the train and val splits."""
     cfg.validate()
     setup_threads(cfg.num_threads)
