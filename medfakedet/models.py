@@ -1,4 +1,5 @@
-"""Model builders. Nothing is ever downloaded: every network starts from random weights."""
+"""Model builders. Nothing is ever downloaded: every network starts from random weights
+(:mod:`medfakedet.pretrained` loads the trainers' ``--init`` weights into them)."""
 
 from __future__ import annotations
 
