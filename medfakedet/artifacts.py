@@ -5,6 +5,10 @@ The JSON holds everything serving needs besides the weights: task, architecture,
 (temperature, thresholds), metrics, a training summary and a version. Loading rebuilds the
 architecture and refuses any missing, unexpected or mis-shaped tensor (the original silently
 skipped mismatched weights, which serves a half-random model).
+
+The in-distribution statistics (:class:`~medfakedet.ood.OODStatistics`), when trained, are the
+``ood.*`` tensors of the same safetensors file, with ``ood_threshold`` in the calibration. An
+artifact without them still loads: its ``ood`` is None and serving never abstains for it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch import nn
 from medfakedet import __version__
 from medfakedet.labels import CLASS_NAMES
 from medfakedet.models import build_model
+from medfakedet.ood import TENSOR_PREFIX, OODStatistics
 from medfakedet.preprocess import PreprocessConfig
 
 FORMAT_VERSION = 1
@@ -53,6 +58,7 @@ class Artifact:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    ood: OODStatistics | None = None  # None: trained before the statistics existed
 
 
 def _check_calibration(task: str, calibration: dict[str, Any]) -> dict[str, Any]:
@@ -77,8 +83,12 @@ def save_artifact(
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     version: str = "1.0",
+    ood: OODStatistics | None = None,
 ) -> Path:
-    """Write ``model.safetensors`` and ``artifact.json`` into ``out_dir``; return the folder."""
+    """Write ``model.safetensors`` and ``artifact.json`` into ``out_dir``; return the folder.
+
+    ``ood`` adds the in-distribution statistics (tensors ``ood.*``, ``ood_threshold`` in the
+    calibration)."""
     if task not in TASKS:
         raise ArtifactError(f"unknown task {task!r}; expected one of {TASKS}")
     if task == "synthesis8" and class_names is None:
@@ -86,6 +96,10 @@ def save_artifact(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    calibration = dict(calibration or {})
+    if ood is not None:
+        state.update(ood.to_tensors())
+        calibration["ood_threshold"] = ood.threshold
     save_file(state, str(out / WEIGHTS_FILE), metadata={"task": task, "arch": arch})
     meta = {
         "format_version": FORMAT_VERSION,
@@ -94,7 +108,7 @@ def save_artifact(
         "version": str(version),
         "preprocess": preprocess.to_dict(),
         "class_names": list(class_names) if class_names is not None else None,
-        "calibration": _check_calibration(task, calibration or {}),
+        "calibration": _check_calibration(task, calibration),
         "metrics": metrics or {},
         "training": training or {},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -141,6 +155,7 @@ def load_artifact(artifact_dir: str | Path, device: str | torch.device = "cpu") 
         state = load_file(str(weights), device="cpu")
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise ArtifactError(f"{weights} could not be read: {e}") from None
+    ood = _read_ood(state, meta["calibration"], f"artifact {artifact_dir}")
     _check_state(model, state, f"{artifact_dir} ({task}, arch {arch})")
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
@@ -166,7 +181,23 @@ def load_artifact(artifact_dir: str | Path, device: str | torch.device = "cpu") 
         metrics=meta.get("metrics", {}),
         training=meta.get("training", {}),
         meta=meta,
+        ood=ood,
     )
+
+
+def _read_ood(
+    state: dict[str, torch.Tensor], calibration: dict[str, Any], what: str
+) -> OODStatistics | None:
+    """Pop the ``ood.*`` tensors out of ``state``: the statistics, or None when there are none."""
+    tensors = {k: state.pop(k) for k in [k for k in state if k.startswith(TENSOR_PREFIX)]}
+    if not tensors:
+        return None
+    if "ood_threshold" not in calibration:
+        raise ArtifactError(f"{what}: in-distribution statistics without ood_threshold")
+    try:
+        return OODStatistics.from_tensors(tensors, calibration["ood_threshold"])
+    except (KeyError, ValueError) as e:
+        raise ArtifactError(f"{what}: bad in-distribution statistics: {e}") from None
 
 
 def _check_state(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

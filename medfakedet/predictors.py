@@ -5,6 +5,9 @@ entry per item: a JSON-ready dict, or a :class:`PredictionError` for an item tha
 used (its HTTP status and a message). One bad item never fails the others.
 
 On CUDA the model runs in channels_last with float16 autocast; on CPU in float32.
+
+Every result carries the in-distribution check of :mod:`medfakedet.ood` (features captured
+during the same forward pass) and the verdict of :mod:`medfakedet.verdict`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from medfakedet.imaging import (
     encode_png,
 )
 from medfakedet.labels import CLASS_NAMES
+from medfakedet.ood import captured_features
 from medfakedet.overlays import heatmap_overlay, png_base64
 from medfakedet.preprocess import preprocess_batch
 from medfakedet.runtime import autocast, select_device
@@ -37,6 +41,7 @@ from medfakedet.schema import (
     explanation,
     synthesis8_result,
 )
+from medfakedet.verdict import NO_GREY_ZONE, UNKNOWN, InDistribution
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +82,7 @@ class _Predictor:
         self.limits = limits
         self.model = artifact.model.to(device).eval()
         self.cfg = artifact.preprocess
+        self.ood = artifact.ood  # None: an artifact without statistics never abstains
         self.on_gpu = device.type == "cuda"
         if self.on_gpu:  # tensor cores like NHWC; CPU convs gain nothing from it here
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -127,17 +133,32 @@ class _Predictor:
             return tuple(torch.cat([o[i] for o in outs]).float().cpu() for i in range(len(outs[0])))
         return torch.cat(outs).float().cpu()
 
+    def _checks(self, features: list[torch.Tensor]) -> list[InDistribution]:
+        """The in-distribution check of each image whose features were captured."""
+        if self.ood is None:
+            return [UNKNOWN] * sum(len(f) for f in features)
+        distances = self.ood.distance(torch.cat(features).double().numpy())
+        scores = self.ood.score(distances)
+        return [
+            InDistribution(bool(d <= self.ood.threshold), float(s))
+            for d, s in zip(distances, scores, strict=True)
+        ]
+
     def _predict(self, items: Sequence[Item], postprocess) -> list[dict | PredictionError]:
         """Decode every item, forward the good ones as one batch, keep errors in their place.
 
-        ``postprocess(indices, images, outputs)`` turns the batch outputs into one dict per image.
+        ``postprocess(indices, images, outputs, checks)`` turns the batch outputs and the
+        in-distribution checks into one dict per image.
         """
         decoded = [self._decode(item) for item in items]
         ok = [i for i, d in enumerate(decoded) if isinstance(d, DecodedImage)]
         results: list[dict | PredictionError] = list(decoded)  # images are replaced below
         if ok:
             images = [decoded[i] for i in ok]
-            for i, result in zip(ok, postprocess(ok, images, self._run(images)), strict=True):
+            with captured_features(self.model) as features:
+                outputs = self._run(images)
+            answers = postprocess(ok, images, outputs, self._checks(features))
+            for i, result in zip(ok, answers, strict=True):
                 results[i] = result
         return results
 
@@ -166,13 +187,21 @@ class Synthesis8Predictor(_Predictor):
                 f"{CLASS_NAMES}"
             )
         self.temperature = float(artifact.calibration.get("temperature", 1.0))
+        cal = artifact.calibration
+        self.grey_zone = (
+            float(cal.get("grey_low", NO_GREY_ZONE[0])),
+            float(cal.get("grey_high", NO_GREY_ZONE[1])),
+        )
 
     def predict(self, items: Sequence[Item]) -> list[dict | PredictionError]:
         """One result per item: class, organ, calibrated P(fake) and all 8 probabilities."""
 
-        def postprocess(_indices, _images, logits):
+        def postprocess(_indices, _images, logits, checks):
             probs = torch.softmax(logits / self.temperature, dim=1).numpy()
-            return [synthesis8_result(p, self.model_version) for p in probs]
+            return [
+                synthesis8_result(p, self.model_version, check, self.grey_zone)
+                for p, check in zip(probs, checks, strict=True)
+            ]
 
         return self._predict(items, postprocess)
 
@@ -209,7 +238,7 @@ class Synthesis8Predictor(_Predictor):
             lambda _m, _i, out: captured.__setitem__("act", out)
         )
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), captured_features(self.model) as features:
                 logits = self.model(self._inputs([image])).float()
                 target = int(logits[0].argmax())
                 (grads,) = torch.autograd.grad(logits[0, target], captured["act"])
@@ -222,7 +251,8 @@ class Synthesis8Predictor(_Predictor):
         peak = float(cam.max())
         cam = cam / peak if peak > 0 else cam
         probs = torch.softmax(logits.detach() / self.temperature, dim=1)[0].cpu().numpy()
-        result = synthesis8_result(probs, self.model_version)
+        (check,) = self._checks(features)
+        result = synthesis8_result(probs, self.model_version, check, self.grey_zone)
         result["explanation"] = explanation(target, "layer4")
         result["heatmap_png"] = png_base64(heatmap_overlay(image.pixels, cam.cpu().numpy()))
         return result
@@ -257,17 +287,21 @@ class DensityPredictor(_Predictor):
         if len(params) != len(items):
             raise ValueError(f"{len(items)} items but {len(params)} params")
 
-        def postprocess(indices, images, outputs):
+        def postprocess(indices, images, outputs, checks):
             density = outputs[0][:, 0].numpy()  # raw map, model resolution; mask head unused
             return [
-                self._result(image, density[j], params[i] or self.defaults)
+                self._result(image, density[j], params[i] or self.defaults, checks[j])
                 for j, (i, image) in enumerate(zip(indices, images, strict=True))
             ]
 
         return self._predict(items, postprocess)
 
-    def _result(self, image: DecodedImage, density: np.ndarray, p: DensityParams) -> dict:
-        result = density_result(density, image.size, p, self.presence_threshold, self.model_version)
+    def _result(
+        self, image: DecodedImage, density: np.ndarray, p: DensityParams, check: InDistribution
+    ) -> dict:
+        result = density_result(
+            density, image.size, p, self.presence_threshold, self.model_version, check
+        )
         if p.return_density:
             result["density_png"] = png_base64(density)
             result["heatmap_png"] = png_base64(heatmap_overlay(image.pixels, density))

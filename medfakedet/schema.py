@@ -23,6 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from medfakedet import density as maps
 from medfakedet.labels import CLASS_NAMES, ORGANS, fake_probability, organ_of, organ_probabilities
+from medfakedet.verdict import (
+    DENSITY_VERDICTS,
+    NO_GREY_ZONE,
+    SYNTHESIS8_VERDICTS,
+    UNKNOWN,
+    InDistribution,
+    density_verdict,
+    synthesis8_verdict,
+)
 
 #: Parameter fields of the manipulation_density endpoint (names of the paper's form).
 DENSITY_FIELDS: tuple[str, ...] = ("thr", "min_area", "return_density")
@@ -150,6 +159,19 @@ class ImageSize(BaseModel):
     height: int = Field(ge=1)
 
 
+class InDistributionFields(BaseModel):
+    """The in-distribution check, common to both results (null: the model has no statistics)."""
+
+    in_distribution: bool | None = Field(
+        description="the image is like the model's training images (the calibrated cut-off "
+        "keeps 95% of the validation images in); null when the model has no such statistics"
+    )
+    in_distribution_score: Probability | None = Field(
+        description="share of the validation images at least as far from the training images "
+        "(1: typical, 0: further than all of them); null when the model has no such statistics"
+    )
+
+
 class Explanation(BaseModel):
     model_config = _STRICT
     method: Literal["grad-cam"]
@@ -157,10 +179,15 @@ class Explanation(BaseModel):
     target_class: Literal[CLASS_NAMES]  # type: ignore[valid-type]
 
 
-class Synthesis8Result(BaseModel):
-    """``POST /detect/synthesis8``: organ, real/fake, calibrated probabilities."""
+class Synthesis8Result(InDistributionFields):
+    """``POST /detect/synthesis8``: organ, real/fake, calibrated probabilities, and the verdict
+    (``uncertain`` when the image is out of distribution or P(fake) is in the grey zone)."""
 
     model_config = _STRICT
+    verdict: Literal[SYNTHESIS8_VERDICTS] = Field(  # type: ignore[valid-type]
+        description="what to take from the answer: the model's call, or uncertain"
+    )
+    reason: str = Field(description="one sentence saying why this verdict")
     class_id: int = Field(ge=0, lt=len(CLASS_NAMES))
     class_name: Literal[CLASS_NAMES]  # type: ignore[valid-type]
     organ: Literal[ORGANS]  # type: ignore[valid-type]
@@ -186,11 +213,15 @@ class Synthesis8Explained(Synthesis8Result):
     heatmap_png: str = Field(description="base64 PNG: colour heatmap over the image")
 
 
-class DensityResult(BaseModel):
-    """``POST /detect/manipulation_density``: presence of a manipulation and its boxes."""
+class DensityResult(InDistributionFields):
+    """``POST /detect/manipulation_density``: presence of a manipulation and its boxes, and the
+    verdict (``uncertain``, with no boxes, when the image is unlike the training brains)."""
 
     model_config = _STRICT
-    is_manipulated: bool
+    verdict: Literal[DENSITY_VERDICTS] = Field(  # type: ignore[valid-type]
+        description="manipulated / untouched, or uncertain (then boxes is empty)"
+    )
+    is_manipulated: bool = Field(description="the model's raw call (presence threshold)")
     presence_score: float = Field(description="maximum of the raw density map")
     presence_threshold: Probability
     threshold: Probability = Field(description="the box level used (form field thr)")
@@ -321,15 +352,26 @@ def error_message(body: Any) -> str | None:
 
 
 # ------------------------------------------------------------------------- postprocessing
-def synthesis8_result(probs: np.ndarray, model_version: str) -> dict:
-    """The :class:`Synthesis8Result` of one image's calibrated 8-class probabilities."""
+def synthesis8_result(
+    probs: np.ndarray,
+    model_version: str,
+    check: InDistribution = UNKNOWN,
+    grey_zone: tuple[float, float] = NO_GREY_ZONE,
+) -> dict:
+    """The :class:`Synthesis8Result` of one image's calibrated 8-class probabilities, its
+    in-distribution ``check`` and the artifact's P(fake) ``grey_zone``."""
     idx = int(np.argmax(probs))
+    p_fake = round(float(fake_probability(probs)), ROUND)
+    verdict, reason = synthesis8_verdict(idx % 2 == 1, p_fake, check, grey_zone)
     return {
+        "verdict": verdict,
+        "reason": reason,
+        **check.fields(),
         "class_id": idx,
         "class_name": CLASS_NAMES[idx],
         "organ": organ_of(idx),
         "is_fake": idx % 2 == 1,
-        "fake_probability": round(float(fake_probability(probs)), ROUND),
+        "fake_probability": p_fake,
         "organ_probabilities": {
             o: round(float(p), ROUND)
             for o, p in zip(ORGANS, organ_probabilities(probs), strict=True)
@@ -352,15 +394,23 @@ def density_result(
     params: DensityParams,
     presence_threshold: float,
     model_version: str,
+    check: InDistribution = UNKNOWN,
 ) -> dict:
     """The :class:`DensityResult` of one raw density map (model resolution) for an upload of
-    ``image_size`` = (width, height); PNGs (``return_density``) are added by the caller."""
+    ``image_size`` = (width, height) and its in-distribution ``check``; PNGs
+    (``return_density``) are added by the caller. An image out of distribution gets no boxes."""
     model_size = (density.shape[1], density.shape[0])
     # Boxes on the RAW map at model resolution (min_area is in model pixels), then scaled.
     found = detect_regions(density, params.threshold, params.min_area, presence_threshold)
-    boxes = maps.scale_boxes(found.boxes, model_size, image_size)
+    verdict = density_verdict(found.manipulated, check)
+    boxes = [] if verdict == "uncertain" else maps.scale_boxes(found.boxes, model_size, image_size)
     width, height = (int(v) for v in image_size)
+    message = density_message(found, len(found.boxes), params, presence_threshold)
+    if verdict == "uncertain":
+        message = f"Uncertain, no boxes: {check.sentence()} The model alone: {message}"
     return {
+        "verdict": verdict,
+        **check.fields(),
         "is_manipulated": found.manipulated,
         "presence_score": round(found.presence_score, ROUND),
         "presence_threshold": presence_threshold,
@@ -371,7 +421,7 @@ def density_result(
         "image_size": {"width": width, "height": height},
         "density_size": {"width": model_size[0], "height": model_size[1]},
         "model_version": model_version,
-        "message": density_message(found, len(boxes), params, presence_threshold),
+        "message": message,
     }
 
 

@@ -29,6 +29,7 @@ from medfakedet.schema import (
     result_problem,
     synthesis8_result,
 )
+from medfakedet.verdict import InDistribution
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,6 +59,9 @@ def test_density_result_scales_boxes_to_the_upload_and_says_why():
     params = DensityParams(threshold=0.3, min_area=1)
     body = density_result(two_blobs(), (64, 96), params, 0.5, "v1")
     assert body == {
+        "verdict": "manipulated",
+        "in_distribution": None,  # no statistics: unknown, never uncertain
+        "in_distribution_score": None,
         "is_manipulated": True,
         "presence_score": 0.9,
         "presence_threshold": 0.5,
@@ -102,6 +106,56 @@ def test_synthesis8_result_rounds_and_sums_by_organ():
         result_problem("synthesis8", explained)
         == "synthesis8: explanation: Extra inputs are not permitted"
     )
+
+
+def test_synthesis8_verdict_abstains_out_of_distribution_and_in_the_grey_zone():
+    fake = np.array([0.02, 0.86, 0.02, 0.02, 0.02, 0.02, 0.02, 0.02])  # P(fake) 0.92
+    inside, outside = InDistribution(True, 0.41), InDistribution(False, 0.01)
+    plain = synthesis8_result(fake, "v")
+    assert (plain["verdict"], plain["in_distribution"], plain["in_distribution_score"]) == (
+        "fake",
+        None,
+        None,
+    )
+    assert "no in-distribution check" in plain["reason"]
+    body = synthesis8_result(fake, "v", inside, (0.4, 0.6))
+    assert (body["verdict"], body["in_distribution"], body["in_distribution_score"]) == (
+        "fake",
+        True,
+        0.41,
+    )
+    away = synthesis8_result(fake, "v", outside, (0.4, 0.6))
+    assert away["verdict"] == "uncertain" and away["is_fake"] is True  # the paper's field stays
+    assert away["reason"].startswith("The image is unlike every image the model was trained on")
+    assert "would say fake (P(fake) 0.92)" in away["reason"]
+    grey = synthesis8_result(fake, "v", inside, (0.3, 0.95))
+    assert grey["verdict"] == "uncertain" and "grey zone 0.30-0.95" in grey["reason"]
+    real = synthesis8_result(np.roll(fake, -1), "v", inside, (0.5, 0.5))  # an empty zone
+    assert real["verdict"] == "real"
+    for b in (plain, body, away, grey, real):
+        Synthesis8Result.model_validate(b)
+
+
+def test_density_verdict_out_of_distribution_is_uncertain_without_boxes():
+    params = DensityParams(threshold=0.3, min_area=1)
+    body = density_result(two_blobs(), (64, 96), params, 0.5, "v1", InDistribution(False, 0.0))
+    assert body["verdict"] == "uncertain" and body["is_manipulated"] is True
+    assert (body["count"], body["boxes"]) == (0, [])
+    assert body["message"].startswith("Uncertain, no boxes: The image is unlike")
+    assert body["message"].endswith(
+        "The model alone: Manipulation likely: 1 suspicious region found (presence score 0.90 "
+        ">= 0.50)."
+    )
+    inside = density_result(two_blobs(), (64, 96), params, 0.5, "v1", InDistribution(True, 0.5))
+    assert (inside["verdict"], inside["count"], inside["in_distribution_score"]) == (
+        "manipulated",
+        1,
+        0.5,
+    )
+    clean = density_result(np.full((8, 8), 0.1), (8, 8), params, 0.5, "v", InDistribution(True, 1))
+    assert clean["verdict"] == "untouched"
+    for b in (body, inside, clean):
+        DensityResult.model_validate(b)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
 """Calibration, fitted on the validation split only: the temperature of synthesis8, and the
-presence and box thresholds of the localizer; plus the paper's threshold sweep.
+presence and box thresholds of the localizer; plus the paper's threshold sweep. Abstention: the
+in-distribution statistics of both models (fitted on training images, threshold on validation)
+and the grey zone of synthesis8's P(fake).
 
 Boxes always come from :func:`medfakedet.schema.detect_regions`, the rule serving applies, so a
 threshold chosen here is judged on exactly the boxes a client would get.
@@ -8,11 +10,14 @@ threshold chosen here is judged on exactly the boxes a client would get.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.optimize import minimize_scalar
+from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from medfakedet.density import Box, presence_score
 from medfakedet.metrics import (
@@ -20,6 +25,7 @@ from medfakedet.metrics import (
     box_detection_metrics,
     negative_log_likelihood,
 )
+from medfakedet.ood import DEFAULT_COVERAGE, OODStatistics, model_features
 from medfakedet.schema import detect_regions
 
 #: The paper's default threshold, kept when validation holds one class only.
@@ -194,3 +200,56 @@ def threshold_sweep(
             }
         )
     return rows
+
+
+def fit_ood(
+    model: nn.Module,
+    train: Any,
+    train_idx: Sequence[int],
+    groups: Sequence[int] | None,
+    val: Any,
+    images_of: Callable[[Any], torch.Tensor],
+    device: torch.device,
+    batch_size: int = 64,
+    coverage: float = DEFAULT_COVERAGE,
+) -> OODStatistics:
+    """In-distribution statistics of ``model``'s features: group means and shared covariance
+    from the (un-augmented) training images ``train_idx`` (``groups``: their group ids, None:
+    one group), threshold from every ``val`` image, so that ``coverage`` of them count as in."""
+
+    def features(dataset: Any) -> np.ndarray:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        return model_features(model, (images_of(b) for b in loader), device)
+
+    return OODStatistics.fit(
+        features(Subset(train, list(train_idx))), groups, features(val), coverage
+    )
+
+
+def grey_zone(
+    fake_probability: Sequence[float],
+    called_fake: Sequence[bool],
+    is_fake: Sequence[bool],
+    target_accuracy: float = 0.98,
+    max_share: float = 0.2,
+    step: float = 0.025,
+) -> tuple[float, float]:
+    """The band ``(low, high)`` of P(fake) around 0.5 answered ``uncertain``, fit on validation.
+
+    The narrowest band ``0.5 -+ w`` (w = 0, step, 2 step, ...) outside which the real/fake calls
+    (``called_fake``) reach ``target_accuracy``, widened no further than holding ``max_share``
+    of the images. ``(0.5, 0.5)``, an empty band, when the model is confident enough as it is.
+    """
+    p = np.asarray(fake_probability, dtype=np.float64)
+    right = np.asarray(called_fake, dtype=bool) == np.asarray(is_fake, dtype=bool)
+    if len(p) != len(right) or len(p) == 0:
+        raise ValueError("need the same non-zero number of probabilities, calls and labels")
+    best = 0.0
+    for w in np.arange(0.0, 0.5, step):
+        inside = (p > 0.5 - w) & (p < 0.5 + w)
+        if inside.mean() > max_share:
+            break
+        best = float(w)
+        if not (~inside).any() or right[~inside].mean() >= target_accuracy:
+            break
+    return round(0.5 - best, 6), round(0.5 + best, 6)

@@ -1,0 +1,228 @@
+"""The in-distribution check: Ledoit-Wolf against scikit-learn, the Mahalanobis score on seeded
+Gaussian features (in-distribution vs shifted), the 95% calibration on held-out samples, the
+grey zone, the features both models expose, and artifacts with and without the statistics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
+
+from medfakedet.artifacts import ArtifactError, load_artifact, save_artifact
+from medfakedet.imaging import decode_image, encode_png
+from medfakedet.models import build_classifier, build_localizer
+from medfakedet.ood import OODStatistics, captured_features, ledoit_wolf, model_features
+from medfakedet.predictors import DensityPredictor, Synthesis8Predictor
+from medfakedet.preprocess import CLASSIFIER_PREPROCESS, LOCALIZER_PREPROCESS
+from medfakedet.schema import RESULT_MODELS
+from training.calibration import grey_zone
+
+DIM = 64
+
+
+def gaussian_groups(rng: np.random.Generator, n: int, shift: float = 0.0) -> tuple:
+    """``n`` samples of each of 4 groups with correlated, anisotropic noise around their means."""
+    means = np.stack([np.eye(DIM)[k] * 6.0 for k in range(4)])
+    mix = np.random.default_rng(7).normal(size=(DIM, DIM)) / np.sqrt(DIM)  # fixed correlation
+    groups = np.repeat(np.arange(4), n)
+    x = means[groups] + rng.normal(size=(4 * n, DIM)) @ mix * np.linspace(0.3, 2.0, DIM) + shift
+    return x, groups
+
+
+@pytest.mark.parametrize(("n", "d"), [(40, 100), (500, 20), (30, 512)])
+def test_ledoit_wolf_matches_scikit_learn(n, d):
+    rng = np.random.default_rng(n + d)
+    x = rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, size=d)
+    x -= x.mean(axis=0)
+    ours, shrinkage = ledoit_wolf(x)
+    theirs, expected = sklearn_ledoit_wolf(x, assume_centered=True)
+    assert shrinkage == pytest.approx(expected, abs=1e-12)
+    assert 0.0 < shrinkage < 1.0
+    np.testing.assert_allclose(ours, theirs, atol=1e-12)
+
+
+def test_threshold_keeps_95_percent_of_held_out_in_distribution_and_rejects_shifted():
+    rng = np.random.default_rng(0)
+    train, groups = gaussian_groups(rng, 100)  # 400 training rows for 64 dims
+    val, _ = gaussian_groups(rng, 100)
+    stats = OODStatistics.fit(train, groups, val)
+    assert stats.coverage >= 0.95
+    held_out, _ = gaussian_groups(rng, 500)
+    inside = stats.distance(held_out) <= stats.threshold
+    # Measured 0.950 (2,000 held-out rows); the calibration target is 0.95 on val.
+    assert inside.mean() >= 0.93
+    shifted, _ = gaussian_groups(rng, 500, shift=1.0)
+    # Measured 0.000 in: a shift of 1 in every feature is far in Mahalanobis terms.
+    assert (stats.distance(shifted) <= stats.threshold).mean() <= 0.02
+    scores = stats.score(stats.distance(np.concatenate([held_out, shifted])))
+    assert scores.min() >= 0.0 and scores.max() <= 1.0
+    assert np.median(scores[: len(held_out)]) == pytest.approx(0.5, abs=0.06)
+    assert scores[len(held_out) :].max() == 0.0  # further than every validation image
+
+
+def test_group_means_matter():
+    """A sample at another group's mean is in; halfway between two groups it is out."""
+    rng = np.random.default_rng(1)
+    train, groups = gaussian_groups(rng, 100)
+    stats = OODStatistics.fit(train, groups, gaussian_groups(rng, 50)[0])
+    assert stats.means.shape == (4, DIM)
+    centres = np.stack([np.eye(DIM)[k] * 6.0 for k in range(4)])
+    assert (stats.distance(centres) <= stats.threshold).all()
+    between = (centres[0] + centres[1]) / 2
+    assert stats.distance(between[None])[0] > stats.threshold
+    single = OODStatistics.fit(train, None, gaussian_groups(rng, 50)[0])  # one pooled group
+    assert single.means.shape == (1, DIM)
+
+
+def test_fit_refuses_bad_input():
+    x = np.zeros((10, 4))
+    with pytest.raises(ValueError, match="coverage must be in"):
+        OODStatistics.fit(x, None, x, coverage=0.0)
+    with pytest.raises(ValueError, match="10 feature rows but 3 group ids"):
+        OODStatistics.fit(x, [0, 1, 2], x)
+    stats = OODStatistics.fit(np.random.default_rng(0).normal(size=(10, 4)), None, x)
+    with pytest.raises(ValueError, match=r"expected \(N, 4\) features"):
+        stats.distance(np.zeros((2, 5)))
+
+
+def test_grey_zone_is_empty_for_a_confident_model_and_covers_the_muddle():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([False, True], 200)
+    confident = np.where(labels, 0.97, 0.03) + rng.uniform(-0.02, 0.02, 400)
+    assert grey_zone(confident, confident > 0.5, labels) == (0.5, 0.5)
+    # Wrong calls only between 0.4 and 0.6: the band grows until they are all inside it.
+    muddled = confident.copy()
+    muddled[:10] = rng.uniform(0.52, 0.58, 10)  # reals called fake
+    muddled[200:210] = rng.uniform(0.42, 0.48, 10)  # fakes called real
+    wrong = (muddled > 0.5) != labels
+    low, high = grey_zone(muddled, muddled > 0.5, labels, target_accuracy=1.0)
+    assert (low, high) == (0.4, 0.6)  # the narrowest band holding every wrong call
+    assert ((muddled[wrong] > low) & (muddled[wrong] < high)).all()
+    # 0.99 lets 4 of the 400 calls outside be wrong: a narrower band.
+    assert grey_zone(muddled, muddled > 0.5, labels, target_accuracy=0.99) == (0.425, 0.575)
+    # Never more than max_share of the images inside.
+    coin = rng.uniform(0.0, 1.0, 400)
+    low, high = grey_zone(coin, coin > 0.5, labels, max_share=0.2)
+    assert ((coin > low) & (coin < high)).mean() <= 0.2 and high > 0.5
+
+
+@pytest.mark.parametrize(
+    ("model", "x", "dim"),
+    [
+        (build_classifier, torch.rand(3, 3, 64, 64), 512),  # ResNet18's avgpool output
+        (build_localizer, torch.rand(3, 1, 32, 32), 128),  # UNetDensity's bottleneck
+        (lambda: build_localizer("smp_unet:resnet18"), torch.rand(3, 1, 64, 64), 512),
+    ],
+)
+def test_features_are_the_penultimate_activations(model, x, dim):
+    torch.manual_seed(0)
+    m = model().eval()
+    with captured_features(m) as found:
+        m(x)
+    assert [tuple(f.shape) for f in found] == [(3, dim)]
+    batched = model_features(m, [x[:2], x[2:]], torch.device("cpu"))
+    assert batched.shape == (3, dim) and batched.dtype == np.float64
+    np.testing.assert_allclose(batched, found[0].double().numpy(), rtol=1e-5, atol=1e-6)
+    if dim == 512 and hasattr(m, "fc"):  # the features are exactly what fc sees
+        with torch.no_grad():
+            logits = m(x)
+        np.testing.assert_allclose(
+            m.fc(found[0]).detach().numpy(), logits.numpy(), rtol=1e-4, atol=1e-5
+        )
+
+
+def fitted(model: torch.nn.Module, train: torch.Tensor, val: torch.Tensor) -> OODStatistics:
+    """Statistics of the model's own features of ``train`` (one group), threshold on ``val``."""
+    cpu = torch.device("cpu")
+    return OODStatistics.fit(
+        model_features(model, [train], cpu), None, model_features(model, [val], cpu)
+    )
+
+
+def ramp_png(seed: int, size: int = 96) -> bytes:
+    """A smooth ramp of random contrast and offset with a little noise: one image family."""
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0.0, 1.0, size * size).reshape(size, size)
+    ramp = base * rng.uniform(0.4, 0.8) + rng.uniform(0.0, 0.2) + rng.normal(0, 0.02, base.shape)
+    return encode_png(np.clip(ramp, 0, 1).astype(np.float32))
+
+
+def noise_png(seed: int, size: int = 96) -> bytes:
+    rng = np.random.default_rng(seed)
+    return encode_png(rng.uniform(0, 1, (size, size)).astype(np.float32))
+
+
+@pytest.mark.parametrize("task", ["synthesis8", "manipulation_density"])
+def test_artifact_round_trip_with_and_without_statistics(tmp_path, task):
+    torch.manual_seed(0)
+    if task == "synthesis8":
+        model, arch, pre = build_classifier().eval(), "resnet18", CLASSIFIER_PREPROCESS
+        predictor_cls = Synthesis8Predictor
+        cal = {"temperature": 1.5, "grey_low": 0.45, "grey_high": 0.55}
+    else:
+        model, arch, pre = build_localizer().eval(), "unet_density", LOCALIZER_PREPROCESS
+        predictor_cls = DensityPredictor
+        cal = {}
+    old_cal = {k: v for k, v in cal.items() if not k.startswith("grey")}  # before grey zones
+    plain = save_artifact(
+        tmp_path / "plain", model, task=task, arch=arch, preprocess=pre, calibration=old_cal
+    )
+    # Statistics from the model's own features of smooth ramps: ramps are in, noise is out.
+    probe = predictor_cls.from_artifact(plain)
+    ramps = probe._inputs([decode_image(ramp_png(s)) for s in range(64)])
+    stats = fitted(model, ramps[:40], ramps[40:])
+    with_ood = save_artifact(
+        tmp_path / "ood", model, task=task, arch=arch, preprocess=pre, calibration=cal, ood=stats
+    )
+    meta = json.loads((with_ood / "artifact.json").read_text())
+    assert meta["calibration"]["ood_threshold"] == stats.threshold
+    art = load_artifact(with_ood)
+    np.testing.assert_array_equal(art.ood.means, stats.means)
+    np.testing.assert_array_equal(art.ood.precision, stats.precision)
+    assert art.ood.threshold == stats.threshold
+    assert load_artifact(plain).ood is None  # an older artifact loads and never abstains
+
+    uploads = [ramp_png(100), noise_png(1)]
+    old = predictor_cls.from_artifact(plain).predict(uploads)
+    new = predictor_cls.from_artifact(with_ood).predict(uploads)
+    for body in (*old, *new):
+        RESULT_MODELS[task].model_validate(body)
+    assert [b["in_distribution"] for b in old] == [None, None]
+    assert "uncertain" not in [b["verdict"] for b in old]
+    assert [b["in_distribution"] for b in new] == [True, False]
+    assert new[1]["verdict"] == "uncertain" and new[1]["in_distribution_score"] == 0.0
+    assert new[0]["in_distribution_score"] > 0.05
+    # The paper's fields are the same with and without the check.
+    for key in ("is_fake", "fake_probability", "class_name", "is_manipulated", "presence_score"):
+        if key in old[0]:
+            assert [b[key] for b in old] == [b[key] for b in new]
+    if task == "manipulation_density":
+        assert new[1]["count"] == 0 and new[1]["boxes"] == []
+    else:
+        explained = Synthesis8Predictor.from_artifact(with_ood).explain(uploads)
+        assert [e["verdict"] for e in explained] == [new[0]["verdict"], "uncertain"]
+        assert explained[0]["in_distribution_score"] == pytest.approx(
+            new[0]["in_distribution_score"], abs=0.05
+        )
+
+
+def test_statistics_without_threshold_are_refused(tmp_path):
+    torch.manual_seed(0)
+    model = build_localizer().eval()
+    stats = fitted(model, torch.rand(8, 1, 32, 32), torch.rand(4, 1, 32, 32))
+    out = save_artifact(
+        tmp_path / "a",
+        model,
+        task="manipulation_density",
+        arch="unet_density",
+        preprocess=LOCALIZER_PREPROCESS,
+        ood=stats,
+    )
+    meta = json.loads((out / "artifact.json").read_text())
+    del meta["calibration"]["ood_threshold"]
+    (out / "artifact.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="in-distribution statistics without ood_threshold"):
+        load_artifact(out)
