@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from medfakedet.degrade import Degradation
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -135,16 +137,26 @@ def preprocess_batch(
 
 
 def train_transform(
-    cfg: PreprocessConfig, hflip: bool = True, rotation_deg: float = 10.0
+    cfg: PreprocessConfig,
+    hflip: bool = True,
+    rotation_deg: float = 10.0,
+    degradation: Degradation | None = None,
 ) -> Callable[[np.ndarray | torch.Tensor, torch.Generator], torch.Tensor]:
     """Random ops (paper: horizontal flip, rotation up to +-10 deg) in front of the eval tail.
 
-    The returned callable takes the image and a ``torch.Generator`` so runs are reproducible.
+    With an active ``degradation`` (:class:`medfakedet.degrade.Degradation`: down-up resize,
+    blur, noise, JPEG recompression) the image is first resized to the model size and degraded
+    there, like the robustness table's corruptions. The returned callable takes the image and a
+    ``torch.Generator`` so runs are reproducible.
     """
+    degrade = degradation if degradation is not None and degradation.active else None
 
     def transform(pixels: np.ndarray | torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         t = pixels if isinstance(pixels, torch.Tensor) else to_tensor(pixels)
         t = t.float()
+        if degrade is not None:
+            t = to_channels(t, 1 if t.shape[0] == 1 else 3)  # alpha dropped
+            t = degrade(resize_tensor(t, cfg.size), generator)
         if hflip and torch.rand((), generator=generator) < 0.5:
             t = t.flip(-1)
         if rotation_deg > 0:

@@ -17,11 +17,13 @@ from scipy import ndimage
 from medfakedet.data.__main__ import main
 from medfakedet.data.builder import DEFAULT_INPAINT_KINDS, build_datasets
 from medfakedet.data.check import check_dataset
-from medfakedet.data.inpaint import MedFakeInpaintDataset, group_of, load_split
+from medfakedet.data.inpaint import MedFakeInpaintDataset, group_of, index_files, load_split
 from medfakedet.data.manipulations import CHANGE_THRESHOLD, min_region_area
 from medfakedet.data.medfake import MedFakeDataset
 from medfakedet.density import box_iou, density_to_boxes, mask_to_boxes, yolo_to_boxes
+from medfakedet.imaging import load_image_file
 from medfakedet.labels import CLASS_NAMES
+from medfakedet.preprocess import LOCALIZER_PREPROCESS, eval_transform
 
 REAL_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-dev"
 PER_CLASS, INPAINT = 12, 60
@@ -33,6 +35,15 @@ FAST = {"fake_time_budget_s": 0.0, "progress": False, "contact_sheet": True}
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("build")
     build_datasets(out, per_class=PER_CLASS, inpaint=INPAINT, seed=5, workers=1, **FAST)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built_plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The inpainting part of ``built`` with ``encode="none"``: pixels exactly as manipulated."""
+    out = tmp_path_factory.mktemp("plain")
+    build_datasets(out, per_class=1, inpaint=INPAINT, seed=5, workers=1, encode="none",
+                   **{**FAST, "contact_sheet": False})  # fmt: skip
     return out
 
 
@@ -66,6 +77,7 @@ def test_build_layout_manifest_and_summary(built: Path) -> None:
         "fake_time_budget_s": 0.0,
         "inpaint_kinds": list(DEFAULT_INPAINT_KINDS),
         "inpaint_fractions": [0.85, 0.1, 0.05],
+        "encode": "random",
     }
     # The fields that are not a function of the seed, named so that comparisons can drop them.
     assert set(info) == {
@@ -80,7 +92,9 @@ def test_build_layout_manifest_and_summary(built: Path) -> None:
     assert info["counts"]["medfake"] == {name: PER_CLASS for name in sorted(CLASS_NAMES)}
     assert (built / "contact_sheet.png").stat().st_size > 10_000
     rows = _rows(built / "medfake" / "manifest.csv")
-    assert list(rows[0])[:6] == ["path", "organ", "label", "approach", "group", "seed"]
+    assert list(rows[0]) == [
+        *("path", "organ", "label", "approach", "group", "seed", "source", "encode")
+    ]
     assert len(rows) == 8 * PER_CLASS
     for row in rows:
         assert (built / "medfake" / row["path"]).is_file()
@@ -92,7 +106,9 @@ def test_build_layout_manifest_and_summary(built: Path) -> None:
     assert all((r["organ"], r["group"]) in real_groups for r in rows if r["label"] == "fake")
     assert len(approaches) >= 3 and min(approaches.values()) >= 8
     files = sorted(
-        p.relative_to(built / "medfake").as_posix() for p in (built / "medfake").rglob("*.png")
+        p.relative_to(built / "medfake").as_posix()
+        for p in (built / "medfake").rglob("*")
+        if p.suffix in (".png", ".jpg")
     )
     assert files == sorted(r["path"] for r in rows)
 
@@ -121,23 +137,108 @@ def test_check_reports_no_problem_and_readers_read_it_back(built: Path) -> None:
     assert sum(len(v) for v in load_split(built / "medfakeinpaint", "json").values()) == INPAINT
 
 
-def test_real_and_fake_share_size_mode_and_format(built: Path) -> None:
-    """Nothing but content may tell the classes apart: same size, mode, format, PNG header."""
-    stats: dict[str, set] = defaultdict(set)
+#: What each manifest ``encode`` kind is on disk: (PIL format, PIL mode).
+ENCODE_FILES = {"jpeg": ("JPEG", "L"), "png8": ("PNG", "L"), "png16": ("PNG", "I;16")}
+
+
+def _encodes(built: Path) -> list[dict]:
+    """Each MedFake file with its class, encode kind, JPEG quality and side, checked against
+    the manifest's ``encode`` entry."""
+    out = []
     for row in _rows(built / "medfake" / "manifest.csv"):
-        path = built / "medfake" / row["path"]
-        data = path.read_bytes()
-        with Image.open(path) as im:
-            # IHDR: width, height, bit depth, colour type, compression, filter, interlace.
-            stats[f"{row['organ']}_{row['label']}"].add((im.format, im.mode, im.size, data[16:29]))
-    assert len({frozenset(v) for v in stats.values()}) == 1
-    assert len(next(iter(stats.values()))) == 1
-    fmt, mode, size, _ = next(iter(next(iter(stats.values()))))
-    assert (fmt, mode, size) == ("PNG", "L", (128, 128))
+        kind, scale = row["encode"].rsplit("-x", 1)
+        fmt, _, q = kind.partition("-q")
+        quality = int(q or 0)
+        with Image.open(built / "medfake" / row["path"]) as im:
+            assert (im.format, im.mode) == ENCODE_FILES[fmt], row
+            assert im.size == (round(128 * float(scale)),) * 2, row
+            side = im.size[0]
+        assert row["path"].endswith(".jpg" if fmt == "jpeg" else ".png")
+        out.append({"cls": f"{row['organ']}_{row['label']}", "label": row["label"], "fmt": fmt,
+                    "quality": quality, "side": side})  # fmt: skip
+    return out
 
 
-def test_inpaint_variants_masks_density_and_labels_agree(built: Path) -> None:
-    root = built / "medfakeinpaint"
+def test_encode_parity_spreads_format_quality_depth_and_size_over_both_classes(
+    built: Path,
+) -> None:
+    """Nothing but content may tell the classes apart: format, bit depth, JPEG quality and size
+    are drawn by one seeded rule for real and fake alike (issue #10, no shortcut cues)."""
+    from scipy import stats
+
+    items = _encodes(built)
+    per_class = defaultdict(Counter)
+    for it in items:
+        per_class[it["cls"]][it["fmt"]] += 1
+    # No class is all-PNG or all-JPEG: every class holds at least two of the three encodes.
+    assert all(len(c) >= 2 and c["jpeg"] >= 2 for c in per_class.values()), per_class
+    real = [it for it in items if it["label"] == "real"]
+    fake = [it for it in items if it["label"] == "fake"]
+    fmts = sorted(ENCODE_FILES)
+    table = [[sum(it["fmt"] == f for it in group) for f in fmts] for group in (real, fake)]
+    # Measured (seed 5, 48 + 48 files): formats p 0.82, JPEG quality p 0.59, side p 0.69.
+    assert stats.chi2_contingency(table).pvalue > 0.3, table
+    q_real = [it["quality"] for it in real if it["fmt"] == "jpeg"]
+    q_fake = [it["quality"] for it in fake if it["fmt"] == "jpeg"]
+    assert min(q_real + q_fake) >= 50 and max(q_real + q_fake) <= 100
+    assert max(q_real + q_fake) - min(q_real + q_fake) >= 30  # spread, not one setting
+    assert stats.mannwhitneyu(q_real, q_fake).pvalue > 0.3
+    sides = [[it["side"] for it in group] for group in (real, fake)]
+    assert min(min(s) for s in sides) >= 64 and max(max(s) for s in sides) <= 256
+    assert min(len(set(s)) for s in sides) >= 20  # resampled, not one size
+    assert stats.ks_2samp(*sides).pvalue > 0.3
+
+
+def test_encode_none_writes_8bit_png_and_random_keeps_the_content(
+    built: Path, tmp_path: Path
+) -> None:
+    """``encode="none"``: every file 8-bit PNG at the build size (the old output); the random
+    encode of the same item differs only by resampling / JPEG loss once squashed back."""
+    plain = tmp_path / "plain"
+    build_datasets(plain, per_class=1, inpaint=5, seed=5, workers=1, encode="none",
+                   **{**FAST, "contact_sheet": False})  # fmt: skip
+    for p in (plain / "medfake").rglob("*.*"):
+        if p.suffix != ".csv":
+            with Image.open(p) as im:
+                assert (p.suffix, im.format, im.mode, im.size) == (".png", "PNG", "L", (128, 128))
+    rows = {Path(r["path"]).stem: r for r in _rows(built / "medfake" / "manifest.csv")}
+    for organ in ("brain", "chest", "kidney", "lung"):
+        name = f"{organ}_real_00000"
+        a = load_image_file(plain / "medfake" / organ / "real" / f"{name}.png").pixels
+        b = load_image_file(built / "medfake" / rows[name]["path"]).pixels
+        b = eval_transform(b, LOCALIZER_PREPROCESS)[0].numpy()
+        diff = float(np.abs(a[:, :, 0] - b).mean())
+        # Measured: 0.007-0.033 (most for 0.55x); two different images differ by 0.19-0.54.
+        assert diff < 0.05, (name, rows[name]["encode"], diff)
+    with pytest.raises(ValueError, match="encode must be one of random, none"):
+        build_datasets(tmp_path / "bad", per_class=1, inpaint=0, encode="jpeg", **FAST)
+
+
+def test_inpaint_images_get_the_encode_draw_and_keep_their_maps(
+    built: Path, built_plain: Path
+) -> None:
+    """MedFakeInpaint images: JPEG or 8/16-bit PNG at the build size; maps and labels are the
+    plain build's, byte for byte, and the image content is the plain one up to JPEG loss."""
+    root, plain = built / "medfakeinpaint", built_plain / "medfakeinpaint"
+    rows = _rows(root / "manifest.csv")
+    kinds = Counter(r["encode"].split("-")[0] for r in rows)
+    assert set(kinds) == {"jpeg", "png8", "png16"} and all(
+        r["encode"].endswith("-x1.00") for r in rows
+    )
+    images = index_files(root, "images")
+    for r in rows:
+        i = r["id"]
+        for sub, name in (("masks", f"{i}.png"), ("density", f"{i}.png"), ("labels", f"{i}.txt")):
+            assert (root / sub / name).read_bytes() == (plain / sub / name).read_bytes()
+        a = load_image_file(images[i]).pixels
+        b = load_image_file(plain / "images" / f"{i}.png").pixels
+        assert a.shape == b.shape == (128, 128, 1)
+        # Measured: at most 0.024 (JPEG q63); 0 for PNG.
+        assert float(np.abs(a - b).mean()) < 0.04, r
+
+
+def test_inpaint_variants_masks_density_and_labels_agree(built_plain: Path) -> None:
+    root = built_plain / "medfakeinpaint"
     rows = {r["id"]: r for r in _rows(root / "manifest.csv")}
     assert len(rows) == INPAINT
     assert all(re.fullmatch(r"ph\d{5}_0_(orig|m1|m2|m3|m45)", i) for i in rows)
@@ -193,9 +294,11 @@ def test_same_seed_gives_identical_bytes_whatever_the_workers(tmp_path: Path) ->
     assert len(a) == 8 * 3 + 1 + 10 * 4 + 2 and a == b
     build_datasets(tmp_path / "c", workers=1, **{**small, "seed": 12})
     c = _hashes(tmp_path / "c")
-    assert a.keys() == c.keys()
-    assert (
-        a["medfake/brain/real/brain_real_00000.png"] != c["medfake/brain/real/brain_real_00000.png"]
+    # Same files up to the suffix (another seed draws other encodes), other bytes.
+    assert {k.rsplit(".", 1)[0] for k in a} == {k.rsplit(".", 1)[0] for k in c}
+    first = "medfake/brain/real/brain_real_00000."
+    assert next(v for k, v in a.items() if k.startswith(first)) != next(
+        v for k, v in c.items() if k.startswith(first)
     )
     # A rebuild into the same folder replaces the old build.
     build_datasets(tmp_path / "a", workers=1, **{**small, "per_class": 2})
@@ -254,5 +357,6 @@ def test_build_from_real_dir(tmp_path: Path) -> None:
     sources = {group_of(i)[: -len("_0")] for i in ids}
     assert len(sources) == 4
     assert all(any(s == re.sub(r"[^A-Za-z0-9-]+", "-", st) for st in brain_stems) for s in sources)
-    with Image.open(out / "medfakeinpaint" / "images" / f"{ids[0]}.png") as im:
-        assert (im.mode, im.size) == ("L", (128, 128))
+    for path in index_files(out / "medfakeinpaint", "images").values():
+        with Image.open(path) as im:
+            assert im.mode in ("L", "I;16") and im.size == (128, 128)

@@ -292,8 +292,19 @@ def test_check_medfake_counts_and_problems(medfake_root: Path, tmp_path: Path) -
     assert report.ok, report.problems
     table = report.counts["medfake"]
     assert table["lung_fake"]["total"] == 20 and table["lung_fake"]["train"] == 14
-    # brain_real holds JPEG, BMP and TIFF, brain_fake only PNG: a shortcut worth a warning.
-    assert any("brain: real and fake differ in format" in w for w in report.warnings)
+    # brain_real holds 4 JPEG / BMP / TIFF among 24, brain_fake 20 PNG: too few to tell the
+    # classes apart (Fisher p 0.11), so no warning; an all-JPEG brain_fake is one.
+    assert not any("differ in" in w for w in report.warnings), report.warnings
+    for p in (medfake_root / "brain" / "fake").iterdir():
+        _save(p.with_suffix(".jpg"), np.asarray(Image.open(p)), "JPEG")
+        p.unlink()
+    report = check_dataset(medfake_root)
+    assert any(
+        "brain: real and fake differ in format (BMP 4%, JPEG 8%, PNG 83%, TIFF 4% vs JPEG 100%)"
+        in w
+        for w in report.warnings
+    ), report.warnings
+    assert not any("chest: real and fake differ" in w for w in report.warnings)
     for p in (medfake_root / "kidney" / "fake").iterdir():
         p.unlink()
     (medfake_root / "chest" / "real" / "chest00.png").write_bytes(b"GIF89a nonsense")
@@ -302,3 +313,51 @@ def test_check_medfake_counts_and_problems(medfake_root: Path, tmp_path: Path) -
     assert "class kidney_fake has no images" in "\n".join(report.problems)
     assert any("unreadable image" in p and "chest00.png" in p for p in report.problems)
     assert not check_dataset(tmp_path / "nothing").ok
+
+
+def test_readers_load_the_encoded_files_and_degrade_only_the_image(inpaint_root: Path) -> None:
+    """JPEG and 16-bit PNG images (the builder's encode draw) are read like PNG ones; training
+    degradation changes the localizer's image, never its density or mask, and keeps the flips."""
+    from medfakedet.degrade import Degradation, EncodeSpec
+
+    sl = generate_slice("brain", np.random.default_rng(7), 64)
+    image, mask, _ = manipulate(sl.image, sl.tissue_mask, 1, np.random.default_rng(8))
+    write_record(inpaint_root, "enc0_0_m1", image, mask, encode=EncodeSpec(1.0, "jpeg", 55, 8))
+    write_record(inpaint_root, "enc1_0_m1", image, mask, encode=EncodeSpec(1.0, "png", 0, 16))
+    assert (inpaint_root / "images" / "enc0_0_m1.jpg").is_file()
+    with pytest.raises(ValueError, match="keep their geometry"):
+        write_record(inpaint_root, "enc2_0_m1", image, mask, encode=EncodeSpec(2.0, "png", 0, 8))
+    assert check_dataset(inpaint_root).ok
+    ds = MedFakeInpaintDataset(inpaint_root, "all")
+    jpg, png16 = ds[ds.ids.index("enc0_0_m1")], ds[ds.ids.index("enc1_0_m1")]
+    assert torch.equal(jpg["mask"], png16["mask"]) and torch.equal(jpg["density"], png16["density"])
+    # 16-bit PNG of 8-bit content is exact; JPEG q55 is close (measured 0.0073).
+    assert float((jpg["image"] - png16["image"]).abs().mean()) < 0.02
+    strong = Degradation(jpeg_p=1.0, blur_p=1.0, noise_p=1.0, resize_p=1.0)
+    flat = MedFakeInpaintDataset(inpaint_root, "all", augment=True, seed=0)
+    deg = MedFakeInpaintDataset(inpaint_root, "all", augment=True, seed=0, degradation=strong)
+    for i in range(4):
+        a, b = flat[i], deg[i]
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["density"], b["density"])
+        change = float((a["image"] - b["image"]).abs().mean())
+        assert 0.004 < change < 0.06, change  # measured 0.012-0.024
+        assert torch.equal(b["image"], deg[i]["image"])  # reproducible per (seed, epoch, index)
+
+
+def test_medfake_dataset_degrades_with_or_without_the_paper_augmentation(
+    medfake_root: Path,
+) -> None:
+    from medfakedet.degrade import Degradation
+
+    d = Degradation(jpeg_p=1.0, noise_p=1.0)
+    clean = MedFakeDataset(medfake_root, "train", seed=1)
+    only = MedFakeDataset(medfake_root, "train", seed=1, degradation=d)
+    both = MedFakeDataset(medfake_root, "train", seed=1, augment=True, degradation=d)
+    inactive = MedFakeDataset(medfake_root, "train", seed=1, degradation=Degradation())
+    assert inactive.degradation is None and torch.equal(inactive[0][0], clean[0][0])
+    for i in range(3):
+        x, y = only[i]
+        assert y == clean[i][1] and torch.equal(x, only[i][0])
+        change = float((x - clean[i][0]).abs().mean()) / 2
+        assert 0.01 < change < 0.2, change  # noisy 32 px images: measured 0.02-0.06
+        assert not torch.equal(both[i][0], x)  # flips / rotation on top

@@ -1,58 +1,60 @@
 """Corruptions of the robustness table, applied to the model-size image in [0, 1].
 
-Each corruption is deterministic: JPEG re-encoding (decoded by serving's own decoder), a
-down-and-up rescale, and Gaussian noise seeded by the item's index (the same noise on every run
-and for every model).
+Each corruption is deterministic and uses the shared primitives of :mod:`medfakedet.degrade`
+(the same code the builder's encode path and training augmentation use): JPEG re-encoding
+(decoded by serving's own decoder), PNG -> JPEG re-saving, down-and-up / up-and-down rescales
+(a resampled file, squashed back to the model size by the loader) and Gaussian noise seeded by
+the item's index (the same noise on every run and for every model). JPEG -> PNG needs no column:
+PNG is lossless, so a JPEG re-saved as PNG is the clean image.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
-from medfakedet.imaging import decode_image
-from medfakedet.preprocess import PreprocessConfig, normalize, resize_tensor, to_channels, to_tensor
+from medfakedet.degrade import add_noise, down_up, jpeg_roundtrip
+from medfakedet.preprocess import PreprocessConfig, normalize
 
 NOISE_SIGMA = 0.03
 DOWNSCALE_FACTOR = 0.5
+UPSCALE_FACTOR = 2.0
+#: Quality of the PNG -> JPEG column (a typical "save as JPEG" default of viewers and PACS
+#: exports).
+RESAVE_QUALITY = 90
 
 
 def jpeg(quality: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """Re-encode as JPEG at ``quality`` and decode with the code serving uses."""
 
     def corrupt(x: torch.Tensor, _index: int) -> torch.Tensor:
-        arr = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-        image = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=quality)
-        return to_channels(to_tensor(decode_image(buf.getvalue()).pixels), x.shape[0])
+        return jpeg_roundtrip(x, quality)
 
     return corrupt
 
 
-def down_up(x: torch.Tensor, _index: int) -> torch.Tensor:
-    """Downscale by :data:`DOWNSCALE_FACTOR`, then bilinear back to the original size."""
-    size = x.shape[-1]
-    small = resize_tensor(x, max(8, round(size * DOWNSCALE_FACTOR)))
-    return F.interpolate(small[None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
+def rescale(factor: float) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """Resample by ``factor``, then back to the original size (bilinear, antialiased)."""
+
+    def corrupt(x: torch.Tensor, _index: int) -> torch.Tensor:
+        return down_up(x, factor)
+
+    return corrupt
 
 
 def gaussian_noise(x: torch.Tensor, index: int) -> torch.Tensor:
     """Add noise of std :data:`NOISE_SIGMA`, seeded by the item index."""
-    g = torch.Generator().manual_seed(1_000_003 + index)
-    return (x + NOISE_SIGMA * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    return add_noise(x, NOISE_SIGMA, torch.Generator().manual_seed(1_000_003 + index))
 
 
 CORRUPTIONS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
     "jpeg_q95": jpeg(95),
     "jpeg_q75": jpeg(75),
     "jpeg_q50": jpeg(50),
-    "downscale_x0.5_upscale": down_up,
+    f"png_to_jpeg_q{RESAVE_QUALITY}": jpeg(RESAVE_QUALITY),
+    "downscale_x0.5_upscale": rescale(DOWNSCALE_FACTOR),
+    "upscale_x2_downscale": rescale(UPSCALE_FACTOR),
     f"gaussian_noise_{NOISE_SIGMA:g}": gaussian_noise,
 }
 

@@ -32,6 +32,7 @@ def _build(args: argparse.Namespace) -> int:
         fake_time_budget_s=args.fake_budget,
         inpaint_kinds=[k.strip() for k in args.inpaint_kinds.split(",") if k.strip()],
         inpaint_fractions=_shares(args.inpaint_split),
+        encode=args.encode,
     )
     counts = summary["counts"]
     print(
@@ -62,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DEFAULT_PER_CLASS,
         DEFAULT_SEED,
         DEFAULT_SIZE,
+        ENCODE_MODES,
     )
     from .inpaint import INPAINT_FRACTIONS
     from .manipulations import MANIPULATIONS
@@ -98,6 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(f"{f:g}" for f in INPAINT_FRACTIONS),
         help="train,val,test shares of MedFakeInpaint source groups (default: %(default)s, "
         "the paper's)",
+    )
+    b.add_argument(
+        "--encode",
+        choices=ENCODE_MODES,
+        default="random",
+        help="random (default): every image, real or fake, resampled 0.5-2x and written as JPEG "
+        "q50-100 or 8/16-bit PNG by one seeded rule, so no file property carries the label; "
+        "none: 8-bit PNG at --size",
     )
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)

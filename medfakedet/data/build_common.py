@@ -1,5 +1,5 @@
-"""What both dataset builders share: seeded item generators, the one image-writing path, the job
-runner (inline or a spawn process pool) and the manifest writer.
+"""What both dataset builders share: seeded item generators, the one image-writing path (with
+its seeded encode draw), the job runner (inline or a spawn process pool) and the manifest writer.
 
 Determinism: an item's generator is ``np.random.SeedSequence([seed, stream, ...its identity])``,
 keyed by what it is, never by when it runs; workers run torch single-threaded.
@@ -17,12 +17,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from medfakedet.degrade import PLAIN_PNG, EncodeSpec, draw_encode, encode_image
 from medfakedet.imaging import encode_png, to_uint8
 from medfakedet.preprocess import resize_tensor, to_channels, to_tensor
 
 #: Seed streams: reals (phantoms; ``REAL_STREAM * 100 + organ`` orders real-dir files), fakes,
-#: MedFakeInpaint sources.
-REAL_STREAM, FAKE_STREAM, INPAINT_STREAM = 1, 2, 3
+#: MedFakeInpaint sources, encodes (their own stream: ``encode="none"`` leaves the pixels as
+#: they were).
+REAL_STREAM, FAKE_STREAM, INPAINT_STREAM, ENCODE_STREAM = 1, 2, 3, 4
+#: ``random``: every image through :func:`medfakedet.degrade.draw_encode` (JPEG q50-100 or
+#: 8/16-bit PNG, resampled 0.5-2x); ``none``: 8-bit PNG at the build size.
+ENCODE_MODES: tuple[str, ...] = ("random", "none")
 
 
 def seeded_rng(*key: int) -> np.random.Generator:
@@ -44,9 +49,29 @@ def finalize_gray(image: np.ndarray, size: int) -> np.ndarray:
     return to_uint8(t[0].numpy())
 
 
-def write_png(path: Path, image: np.ndarray, size: int) -> None:
-    """Write ``image`` through :func:`finalize_gray` and the one PNG encoder."""
-    path.write_bytes(encode_png(finalize_gray(image, size)))
+def encode_spec(mode: str, key: tuple[int, ...], resize: bool = True) -> EncodeSpec:
+    """The encode of the item identified by ``key`` (the build seed, then its identity).
+
+    Drawn from its own seeded generator, by the same rule for real and fake images.
+    """
+    if mode == "none":
+        return PLAIN_PNG
+    if mode != "random":
+        raise ValueError(f"encode must be one of {', '.join(ENCODE_MODES)}; got {mode!r}")
+    return draw_encode(seeded_rng(key[0], ENCODE_STREAM, *key[1:]), resize=resize)
+
+
+def write_image(folder: Path, name: str, image: np.ndarray, size: int, spec: EncodeSpec) -> str:
+    """Write ``image`` through :func:`finalize_gray` and the one encoder; returns the file name.
+
+    ``spec`` picks the format, bit depth, JPEG quality and resampling
+    (:func:`medfakedet.degrade.encode_image`); :data:`~medfakedet.degrade.PLAIN_PNG` is the
+    8-bit PNG at ``size``.
+    """
+    gray = finalize_gray(image, size)
+    data = encode_png(gray) if spec == PLAIN_PNG else encode_image(gray, spec)
+    (folder / f"{name}{spec.suffix}").write_bytes(data)
+    return f"{name}{spec.suffix}"
 
 
 def write_manifest(path: Path, columns: Iterable[str], rows: list[dict], key: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .build_common import INPAINT_STREAM, finalize_gray, seeded_rng
+from .build_common import INPAINT_STREAM, encode_spec, finalize_gray, seeded_rng
 from .inpaint import write_record
 from .manipulations import manipulate
 
@@ -27,7 +27,14 @@ VARIANT_REGIONS: dict[str, tuple[int, ...]] = {"m1": (1,), "m2": (2,), "m3": (3,
 #: cannot tell from untouched tissue (box recall 0.00 even on training images; README.md, "What
 #: the models can and cannot do"); detecting it needs a self-similarity search.
 DEFAULT_INPAINT_KINDS: tuple[str, ...] = ("lesion", "removal")
-INPAINT_MANIFEST_COLUMNS: tuple[str, ...] = ("id", "source", "variant", "kind", "n_regions")
+INPAINT_MANIFEST_COLUMNS: tuple[str, ...] = (
+    "id",
+    "source",
+    "variant",
+    "kind",
+    "n_regions",
+    "encode",
+)
 #: Source slices per job.
 INPAINT_CHUNK = 8
 
@@ -65,10 +72,13 @@ def inpaint_job(
     seed: int,
     size: int,
     kinds: tuple[str, ...] = DEFAULT_INPAINT_KINDS,
+    encode: str = "random",
 ) -> list[dict]:
     """Write the variants of each source slice (the first ``n_images`` of the whole build).
 
-    Without an image the source is a phantom brain slice drawn from its index.
+    Without an image the source is a phantom brain slice drawn from its index. Each image's
+    format, bit depth and JPEG quality are drawn by the MedFake rule; its geometry is kept, so
+    masks, density maps and labels need no resampling.
     """
     from .phantoms import generate_slice
 
@@ -92,7 +102,8 @@ def inpaint_job(
                 n_regions = int(rng.choice(VARIANT_REGIONS[variant]))
                 edited, mask, applied = manipulate(image, tissue, n_regions, rng, kinds)
             image_id = f"{group}_{variant}"
-            n = write_record(root, image_id, edited, mask)
+            spec = encode_spec(encode, (seed, 1, j, v), resize=False)
+            n = write_record(root, image_id, edited, mask, encode=spec)
             rows.append(
                 {
                     "id": image_id,
@@ -100,6 +111,7 @@ def inpaint_job(
                     "variant": variant,
                     "kind": "+".join(applied),
                     "n_regions": n,
+                    "encode": spec.tag(),
                 }
             )
     return rows

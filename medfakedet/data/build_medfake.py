@@ -1,7 +1,9 @@
 """The MedFake part of the builder: reals (phantoms or a real-scan folder) and their fakes.
 
-Writes ``OUT/medfake/<organ>/<real|fake>/<name>.png`` and returns the manifest rows. A fake
+Writes ``OUT/medfake/<organ>/<real|fake>/<name>.png|jpg`` and returns the manifest rows. A fake
 shares the group of the real it was made from, so the group-aware split keeps both together.
+Every image, real or fake, is written by :func:`.build_common.write_image` with an encode drawn
+by one rule from its own seed (:func:`.build_common.encode_spec`), recorded in ``encode``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medfakedet.degrade import EncodeSpec
 from medfakedet.imaging import ImageDecodeError, load_image_file
 from medfakedet.labels import ORGANS
 
@@ -19,9 +22,10 @@ from .build_common import (
     FAKE_STREAM,
     REAL_STREAM,
     JobRunner,
+    encode_spec,
     finalize_gray,
     seeded_rng,
-    write_png,
+    write_image,
 )
 from .medfake import is_image_file
 
@@ -32,24 +36,37 @@ REAL_CHUNK = 50
 Named = tuple[str, np.ndarray]
 
 
+def medfake_spec(encode: str, seed: int, organ: str, is_fake: bool, i: int) -> EncodeSpec:
+    """The encode of image ``i`` of ``organ``'s real or fake folder (one rule for both)."""
+    return encode_spec(encode, (seed, 0, ORGANS.index(organ), int(is_fake), i))
+
+
 def medfake_row(
-    organ: str, is_fake: bool, name: str, approach: str, group: str, seed: int
+    organ: str,
+    is_fake: bool,
+    name: str,
+    approach: str,
+    group: str,
+    seed: int,
+    spec: EncodeSpec,
 ) -> dict[str, Any]:
-    """The manifest row of ``<organ>/<real|fake>/<name>.png`` (``source`` filled by callers)."""
+    """The manifest row of ``<organ>/<real|fake>/<name><suffix>`` (``source`` filled by
+    callers)."""
     src = "fake" if is_fake else "real"
     return {
-        "path": f"{organ}/{src}/{name}.png",
+        "path": f"{organ}/{src}/{name}{spec.suffix}",
         "organ": organ,
         "label": src,
         "approach": approach,
         "group": group,
         "seed": seed,
         "source": "",
+        "encode": spec.tag(),
     }
 
 
 def real_job(
-    out: str, organ: str, start: int, stop: int, seed: int, size: int
+    out: str, organ: str, start: int, stop: int, seed: int, size: int, encode: str = "random"
 ) -> tuple[list[dict], list[np.ndarray]]:
     """Write phantom reals ``start..stop-1`` of ``organ``; returns (rows, images)."""
     from .phantoms import generate_slice
@@ -62,8 +79,9 @@ def real_job(
             generate_slice(organ, seeded_rng(seed, REAL_STREAM, organ_index, i), size).image, size
         )
         name = f"{organ}_real_{i:05d}"
-        write_png(root / organ / "real" / f"{name}.png", image, size)
-        rows.append(medfake_row(organ, False, name, "", name, seed))
+        spec = medfake_spec(encode, seed, organ, False, i)
+        write_image(root / organ / "real", name, image, size, spec)
+        rows.append(medfake_row(organ, False, name, "", name, seed, spec))
         images.append(image)
     return rows, images
 
@@ -77,6 +95,7 @@ def fake_job(
     seed: int,
     size: int,
     time_budget_s: float | None,
+    encode: str = "random",
 ) -> list[dict]:
     """Train the fake generators of ``organ`` on its reals and write ``n`` fakes."""
     import torch
@@ -103,8 +122,9 @@ def fake_job(
         name = f"{organ}_fake_{i:05d}"
         # A fake shares the group of the real it was made from, so both land in one split.
         group = real_groups[int(source)]
-        write_png(root / organ / "fake" / f"{name}.png", image, size)
-        rows.append(medfake_row(organ, True, name, approach, group, seed))
+        spec = medfake_spec(encode, seed, organ, True, i)
+        write_image(root / organ / "fake", name, image, size, spec)
+        rows.append(medfake_row(organ, True, name, approach, group, seed, spec))
     return rows
 
 
@@ -185,13 +205,20 @@ class MedFakeReals:
 
 
 def write_phantom_reals(
-    runner: JobRunner, mf_root: Path, per_class: int, seed: int, size: int
+    runner: JobRunner, mf_root: Path, per_class: int, seed: int, size: int, encode: str
 ) -> MedFakeReals:
     """Generate and write ``per_class`` phantom reals per organ, in parallel chunks."""
     jobs = {
         organ: [
             runner.submit(
-                real_job, str(mf_root), organ, a, min(a + REAL_CHUNK, per_class), seed, size
+                real_job,
+                str(mf_root),
+                organ,
+                a,
+                min(a + REAL_CHUNK, per_class),
+                seed,
+                size,
+                encode,
             )
             for a in range(0, per_class, REAL_CHUNK)
         ]
@@ -205,7 +232,12 @@ def write_phantom_reals(
 
 
 def write_real_dir_reals(
-    runner: JobRunner, mf_root: Path, real_sets: dict[str, list[Named]], seed: int, size: int
+    runner: JobRunner,
+    mf_root: Path,
+    real_sets: dict[str, list[Named]],
+    seed: int,
+    size: int,
+    encode: str,
 ) -> MedFakeReals:
     """Write the real-dir images as the reals, each row naming its source file."""
     reals = MedFakeReals()
@@ -213,8 +245,9 @@ def write_real_dir_reals(
         rows = []
         for i, (rel, image) in enumerate(images):
             name = f"{organ}_real_{i:05d}"
-            write_png(mf_root / organ / "real" / f"{name}.png", image, size)
-            row = medfake_row(organ, False, name, "real-dir", name, seed)
+            spec = medfake_spec(encode, seed, organ, False, i)
+            write_image(mf_root / organ / "real", name, image, size, spec)
+            row = medfake_row(organ, False, name, "real-dir", name, seed, spec)
             rows.append({**row, "source": f"{organ}/{rel}"})
         reals.add(organ, rows, [image for _, image in images])
         runner.bar.update(len(images))
@@ -228,6 +261,7 @@ def submit_fakes(
     seed: int,
     size: int,
     time_budget_s: float | None,
+    encode: str,
 ) -> list:
     """Start one fake job per organ (as many fakes as reals); collect with ``runner.collect``."""
     return [
@@ -241,6 +275,7 @@ def submit_fakes(
             seed,
             size,
             time_budget_s,
+            encode,
         )
         for organ in ORGANS
     ]

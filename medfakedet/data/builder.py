@@ -10,11 +10,15 @@
 
 Real images are procedural phantoms (medfakedet.data.phantoms) or, with ``real_dir``, real
 scans from ``real_dir/<organ>/``; fakes come from medfakedet.data.fakes. Every MedFake image,
-real or fake, goes through :func:`~medfakedet.data.build_common.finalize_gray` and
-:func:`medfakedet.imaging.encode_png`, so size, mode, format and encoder settings cannot reveal
-the label. The MedFake part lives in :mod:`.build_medfake`, the MedFakeInpaint part in
-:mod:`.build_inpaint`, what they share in :mod:`.build_common`; this module runs them in order
-and writes the manifests, the split and ``build.json``.
+real or fake, goes through :func:`~medfakedet.data.build_common.finalize_gray` and the one
+encode path, :func:`~medfakedet.data.build_common.write_image`: with ``encode="random"`` (the
+default) each file is resampled 0.5-2x and written as JPEG (quality 50-100) or 8/16-bit PNG, by
+one seeded rule for both classes, so size, format, bit depth and JPEG quality cannot reveal the
+label (``manifest.csv``'s ``encode`` column records each draw). MedFakeInpaint images get the
+same format draw at their build size (the maps stay aligned). The MedFake part lives in
+:mod:`.build_medfake`, the MedFakeInpaint part in :mod:`.build_inpaint`, what they share in
+:mod:`.build_common`; this module runs them in order and writes the manifests, the split and
+``build.json``.
 
 Determinism: every item draws from ``np.random.SeedSequence([seed, stream, ...])`` keyed by what
 it is, never by when it runs, and torch runs single-threaded in the fake jobs, so the files are
@@ -41,7 +45,7 @@ from tqdm import tqdm
 
 from medfakedet.labels import ORGANS
 
-from .build_common import JobRunner, write_manifest
+from .build_common import ENCODE_MODES, JobRunner, write_manifest
 from .build_inpaint import (
     DEFAULT_INPAINT_KINDS,
     INPAINT_CHUNK,
@@ -67,6 +71,7 @@ __all__ = [
     "DEFAULT_PER_CLASS",
     "DEFAULT_SEED",
     "DEFAULT_SIZE",
+    "ENCODE_MODES",
     "build_datasets",
 ]
 
@@ -105,8 +110,11 @@ def _checked_options(
     size: int,
     inpaint_kinds: Iterable[str],
     inpaint_fractions: tuple[float, float, float],
+    encode: str = "random",
 ) -> tuple[tuple[str, ...], tuple[float, ...]]:
     """Refuse bad options before anything is written; returns (kinds, fractions) normalised."""
+    if encode not in ENCODE_MODES:
+        raise ValueError(f"encode must be one of {', '.join(ENCODE_MODES)}; got {encode!r}")
     if per_class < 1 or inpaint < 0 or not 32 <= size <= 4096:
         raise ValueError(
             f"need per_class >= 1, inpaint >= 0 and 32 <= size <= 4096; got {per_class}, "
@@ -178,6 +186,7 @@ def build_datasets(
     contact_sheet: bool = True,
     inpaint_kinds: Iterable[str] = DEFAULT_INPAINT_KINDS,
     inpaint_fractions: tuple[float, float, float] = INPAINT_FRACTIONS,
+    encode: str = "random",
 ) -> dict[str, Any]:
     """Build MedFake and MedFakeInpaint under ``out`` (see the module docstring).
 
@@ -200,6 +209,8 @@ def build_datasets(
             :data:`medfakedet.data.manipulations.MANIPULATIONS`); default the inpainting kinds.
         inpaint_fractions: train / val / test shares of MedFakeInpaint source groups written to
             ``split_fixed_density.json``; default the paper's 85 / 10 / 5.
+        encode: "random" (default): every image gets a seeded random encode (see the module
+            docstring); "none": 8-bit PNG at ``size``, as before.
 
     Returns:
         The summary also written to ``build.json``.
@@ -207,7 +218,7 @@ def build_datasets(
     t0 = time.perf_counter()
     load_at_start = _load_average()
     inpaint_kinds, fractions = _checked_options(
-        per_class, inpaint, size, inpaint_kinds, inpaint_fractions
+        per_class, inpaint, size, inpaint_kinds, inpaint_fractions, encode
     )
     out = Path(out)
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
@@ -232,11 +243,11 @@ def build_datasets(
     try:
         # 1. Reals (phantoms in parallel chunks, or the real-dir images written here).
         if real_dir is None:
-            reals = write_phantom_reals(runner, mf_root, per_class, seed, size)
+            reals = write_phantom_reals(runner, mf_root, per_class, seed, size, encode)
         else:
-            reals = write_real_dir_reals(runner, mf_root, real_sets, seed, size)
+            reals = write_real_dir_reals(runner, mf_root, real_sets, seed, size, encode)
         # 2. Fakes (longest jobs first) and inpainting chunks.
-        fake_futures = submit_fakes(runner, mf_root, reals, seed, size, fake_time_budget_s)
+        fake_futures = submit_fakes(runner, mf_root, reals, seed, size, fake_time_budget_s, encode)
         sources = inpaint_sources(n_sources, brain_sources)
         inpaint_futures = [
             runner.submit(
@@ -247,6 +258,7 @@ def build_datasets(
                 seed,
                 size,
                 inpaint_kinds,
+                encode,
             )
             for a in range(0, n_sources, INPAINT_CHUNK)
         ]
@@ -258,7 +270,8 @@ def build_datasets(
         runner.close()
         bar.close()
 
-    write_manifest(mf_root / MANIFEST_NAME, (*MANIFEST_COLUMNS, "source"), medfake_rows, "path")
+    columns = (*MANIFEST_COLUMNS, "source", "encode")
+    write_manifest(mf_root / MANIFEST_NAME, columns, medfake_rows, "path")
     write_manifest(ip_root / MANIFEST_NAME, INPAINT_MANIFEST_COLUMNS, inpaint_rows, "id")
     split = group_split_ids(sorted(r["id"] for r in inpaint_rows), seed, fractions)
     (ip_root / SPLIT_FILE).write_text(
@@ -282,6 +295,7 @@ def build_datasets(
             "fake_time_budget_s": fake_time_budget_s,
             "inpaint_kinds": list(inpaint_kinds),
             "inpaint_fractions": list(fractions),
+            "encode": encode,
         },
         "counts": _counts(medfake_rows, inpaint_rows, split),
         "unreadable_real_files": skipped,

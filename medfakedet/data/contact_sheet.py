@@ -15,8 +15,11 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from medfakedet.density import yolo_to_boxes
+from medfakedet.imaging import load_image_file, to_uint8
 from medfakedet.labels import CLASS_NAMES
+from medfakedet.preprocess import to_channels, to_tensor
 
+from .inpaint import index_files
 from .medfake import MANIFEST_NAME
 
 _LABEL_W = 118
@@ -31,8 +34,13 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _load_gray(path: Path) -> Image.Image:
+    """Decoded as the models decode it (16-bit PNGs scaled by 65535, not clipped by PIL)."""
+    return Image.fromarray(to_uint8(to_channels(to_tensor(load_image_file(path).pixels), 1)[0]))
+
+
 def _gray(path: Path, tile: int) -> Image.Image:
-    return Image.open(path).convert("L").resize((tile, tile), Image.Resampling.BILINEAR)
+    return _load_gray(path).resize((tile, tile), Image.Resampling.BILINEAR)
 
 
 def _heat(values: np.ndarray) -> np.ndarray:
@@ -56,7 +64,7 @@ def _spread(rows: list[dict[str, str]], n: int, key: str) -> list[dict[str, str]
 
 
 def _inpaint_tiles(root: Path, image_id: str, tile: int) -> list[Image.Image]:
-    image = Image.open(root / "images" / f"{image_id}.png").convert("L")
+    image = _load_gray(index_files(root, "images")[image_id])
     w, h = image.size
     mask = np.asarray(Image.open(root / "masks" / f"{image_id}.png").convert("L")) > 127
     density = np.asarray(Image.open(root / "density" / f"{image_id}.png").convert("L"))

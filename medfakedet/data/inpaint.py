@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medfakedet.degrade import PLAIN_PNG, Degradation, EncodeSpec, encode_image
 from medfakedet.density import (
     Box,
     boxes_to_yolo,
@@ -41,6 +42,7 @@ from medfakedet.preprocess import (
     eval_transform,
     resize_tensor,
     to_tensor,
+    train_transform,
 )
 
 from .medfake import SPLITS, SplitDataset, assign_groups, is_image_file, read_manifest
@@ -165,14 +167,27 @@ def load_split(root: str | Path, mode: str = "json", seed: int = 42) -> dict[str
 
 
 def write_record(
-    root: Path, image_id: str, image: np.ndarray, mask: np.ndarray, sigma: float | None = None
+    root: Path,
+    image_id: str,
+    image: np.ndarray,
+    mask: np.ndarray,
+    sigma: float | None = None,
+    encode: EncodeSpec = PLAIN_PNG,
 ) -> int:
-    """Write one image with its mask, density map and YOLO labels; returns the region count."""
+    """Write one image with its mask, density map and YOLO labels; returns the region count.
+
+    The image (gray uint8) is written as ``encode`` says (:func:`medfakedet.degrade.encode_image`:
+    JPEG or 8/16-bit PNG); the maps stay 8-bit PNG. ``encode`` must keep the geometry (scale 1),
+    so masks, density maps and labels stay pixel-aligned with the image.
+    """
+    if encode.scale != 1.0:
+        raise ValueError(f"MedFakeInpaint images keep their geometry; got scale {encode.scale}")
     h, w = image.shape
     sigma = DENSITY_SIGMA_128 * min(h, w) / 128.0 if sigma is None else sigma
     boxes = mask_to_boxes(mask)
     lines = boxes_to_yolo(boxes, w, h)
-    (root / "images" / f"{image_id}.png").write_bytes(encode_png(image))
+    data = encode_png(image) if encode == PLAIN_PNG else encode_image(image, encode)
+    (root / "images" / f"{image_id}{encode.suffix}").write_bytes(data)
     (root / "masks" / f"{image_id}.png").write_bytes(encode_png(mask.astype(bool)))
     density = density_to_png_uint8(mask_to_density(mask, sigma=sigma))
     (root / "density" / f"{image_id}.png").write_bytes(encode_png(density))
@@ -199,6 +214,8 @@ class MedFakeInpaintDataset(SplitDataset):
         split_mode: "json" (the folder's split file) or "group".
         seed: group-split and augmentation seed.
         cache: keep decoded files in memory.
+        degradation: random JPEG / blur / resize / noise of the image alone (the maps keep
+            their geometry: none of these ops moves a pixel).
     """
 
     def __init__(
@@ -210,8 +227,14 @@ class MedFakeInpaintDataset(SplitDataset):
         split_mode: str = "json",
         seed: int = 42,
         cache: bool = True,
+        degradation: Degradation | None = None,
     ) -> None:
-        super().__init__(root, split, preprocess, augment, seed, cache)
+        super().__init__(root, split, preprocess, augment, seed, cache, degradation)
+        self._degrade = (
+            train_transform(preprocess, hflip=False, rotation_deg=0.0, degradation=degradation)
+            if self.degradation is not None
+            else None
+        )
         self.ids: list[str] = (
             list_ids(self.root)
             if split == "all"
@@ -263,9 +286,12 @@ class MedFakeInpaintDataset(SplitDataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         image_id = self.ids[index]
         size = self.preprocess.size
-        image = eval_transform(
-            self.pixel_cache.pixels(self._path("images", image_id)), self.preprocess
-        )
+        pixels = self.pixel_cache.pixels(self._path("images", image_id))
+        if self._degrade is not None:
+            # Its own stream: the flips below draw the same numbers with or without it.
+            image = self._degrade(pixels, self.item_generator(len(self) + index))
+        else:
+            image = eval_transform(pixels, self.preprocess)
         mask_hw = self._mask(image_id)
         if self._path("density", image_id) is not None:
             density_hw = self._gray("density", image_id)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medfakedet.degrade import Degradation
 from medfakedet.imaging import load_image_file
 from medfakedet.labels import CLASS_NAMES, ORGANS, class_index
 from medfakedet.preprocess import (
@@ -262,6 +263,7 @@ class SplitDataset(Dataset):
         augment: bool,
         seed: int,
         cache: bool,
+        degradation: Degradation | None = None,
     ) -> None:
         if split not in (*SPLITS, "all"):
             raise ValueError(f"unknown split {split!r}; expected train, val, test or all")
@@ -269,6 +271,8 @@ class SplitDataset(Dataset):
         self.split = split
         self.preprocess = preprocess
         self.augment = augment
+        #: Random degradations of the images (training only); None or inactive: none.
+        self.degradation = degradation if degradation is not None and degradation.active else None
         self.seed = seed
         self.epoch = 0
         self.pixel_cache = PixelCache(cache)
@@ -298,6 +302,8 @@ class MedFakeDataset(SplitDataset):
         split_mode: "paper" or "group" (see :func:`split_medfake`).
         seed: split and augmentation seed.
         cache: keep decoded images in memory.
+        degradation: random JPEG / blur / resize / noise (:mod:`medfakedet.degrade`), with or
+            without ``augment``.
     """
 
     def __init__(
@@ -309,14 +315,24 @@ class MedFakeDataset(SplitDataset):
         split_mode: str = "paper",
         seed: int = 42,
         cache: bool = True,
+        degradation: Degradation | None = None,
     ) -> None:
-        super().__init__(root, split, preprocess, augment, seed, cache)
+        super().__init__(root, split, preprocess, augment, seed, cache, degradation)
         all_samples = scan_medfake(self.root)
         self.samples: list[Sample] = (
             all_samples if split == "all" else split_medfake(all_samples, split_mode, seed)[split]
         )
         self.targets: list[int] = [s.label for s in self.samples]
-        self._train = train_transform(preprocess) if augment else None
+        self._train = (
+            train_transform(
+                preprocess,
+                hflip=augment,
+                rotation_deg=10.0 if augment else 0.0,
+                degradation=self.degradation,
+            )
+            if augment or self.degradation is not None
+            else None
+        )
 
     def __len__(self) -> int:
         return len(self.samples)

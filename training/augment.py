@@ -1,0 +1,49 @@
+"""The degradation-augmentation fields both trainers' configs share (issue #10: no shortcut cues).
+
+``Synthesis8Config`` and ``LocalizerConfig`` inherit :class:`DegradationFields`; the trainer
+hands :meth:`DegradationFields.degradation` to the train split only, where
+:class:`medfakedet.degrade.Degradation` applies down-up resize, blur, noise and JPEG
+recompression at random (every draw from the item's generator, so runs are reproducible).
+All probabilities 0 (the default): no degradation, the paper's recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medfakedet.degrade import JPEG_QUALITY_RANGE, SCALE_RANGE, Degradation
+
+
+@dataclass(frozen=True)
+class DegradationFields:
+    """Probabilities and ranges of the training degradations (``aug_*`` config keys)."""
+
+    aug_jpeg_p: float = 0.0  # JPEG recompression probability
+    aug_jpeg_quality: tuple[int, int] = JPEG_QUALITY_RANGE
+    aug_blur_p: float = 0.0  # Gaussian blur probability
+    aug_blur_sigma: tuple[float, float] = (0.3, 1.2)  # pixels at the model size
+    aug_resize_p: float = 0.0  # down-up (or up-down) resize probability
+    aug_resize_scale: tuple[float, float] = SCALE_RANGE  # log-uniform factor
+    aug_noise_p: float = 0.0  # Gaussian noise probability
+    aug_noise_sigma: tuple[float, float] = (0.005, 0.03)
+
+    def degradation_problems(self) -> list[str]:
+        """What is wrong with these fields, for the config's ``validate`` ([] when fine)."""
+        try:
+            self.degradation()
+        except ValueError as exc:
+            return [str(exc)]
+        return []
+
+    def degradation(self) -> Degradation:
+        """The :class:`~medfakedet.degrade.Degradation` these fields describe (checked)."""
+        return Degradation(
+            jpeg_p=self.aug_jpeg_p,
+            jpeg_quality=tuple(self.aug_jpeg_quality),
+            blur_p=self.aug_blur_p,
+            blur_sigma=tuple(self.aug_blur_sigma),
+            resize_p=self.aug_resize_p,
+            resize_scale=tuple(self.aug_resize_scale),
+            noise_p=self.aug_noise_p,
+            noise_sigma=tuple(self.aug_noise_sigma),
+        )
