@@ -144,17 +144,29 @@ def _parse_fields(
     return ParsedRequest(image, {k: _as_text(v, k) for k, v in fields.items()})
 
 
-def parse_threshold(value: Any, name: str = "thr") -> float:
-    """A threshold in [0, 1] from a form string or JSON number; NaN, inf, text are 400s."""
-    value = _as_text(value, name)
-    problem = f"{name} must be a number between 0 and 1 (e.g. 0.28); got {value!r}"
+def _finite_number(value: Any, problem: str) -> float:
+    """A form string or JSON number as a finite float; anything else is ``problem`` as a 400.
+
+    A JSON integer too large for a float (``10**400``) is a 400 too, not an OverflowError that
+    would fail the whole batch.
+    """
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise RequestError(problem)
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise RequestError(problem) from None
-    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+    if not math.isfinite(number):
+        raise RequestError(problem)
+    return number
+
+
+def parse_threshold(value: Any, name: str = "thr") -> float:
+    """A threshold in [0, 1] from a form string or JSON number; NaN, inf, text are 400s."""
+    value = _as_text(value, name)
+    problem = f"{name} must be a number between 0 and 1 (e.g. 0.28); got {value!r}"
+    number = _finite_number(value, problem)
+    if not 0.0 <= number <= 1.0:
         raise RequestError(problem)
     return number
 
@@ -166,13 +178,8 @@ def parse_min_area(value: Any, max_area: int, name: str = "min_area") -> int:
         f"{name} must be a whole number of pixels between 0 and {max_area} "
         f"(counted on the model's input grid); got {value!r}"
     )
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise RequestError(problem)
-    try:
-        number = float(value)
-    except ValueError:
-        raise RequestError(problem) from None
-    if not math.isfinite(number) or number != int(number) or not 0 <= number <= max_area:
+    number = _finite_number(value, problem)
+    if number != int(number) or not 0 <= number <= max_area:
         raise RequestError(problem)
     return int(number)
 

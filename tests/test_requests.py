@@ -71,7 +71,12 @@ def test_bad_rows_are_400_with_a_reason(row, message):
     assert message in err.value.message
 
 
-@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-0.1", "1.5", "abc", True, None, [0.3]])
+HUGE_JSON_INT = 10**400  # a JSON number too large for a float: an OverflowError, once a 503
+
+
+@pytest.mark.parametrize(
+    "value", ["nan", "NaN", "inf", "-0.1", "1.5", "abc", True, None, [0.3], HUGE_JSON_INT]
+)
 def test_bad_thresholds(value):
     with pytest.raises(RequestError, match="thr must be a number between 0 and 1"):
         parse_threshold(value)
@@ -82,7 +87,9 @@ def test_good_thresholds(value, expected):
     assert parse_threshold(value) == expected
 
 
-@pytest.mark.parametrize("value", ["2.5", "-1", "16385", "lots", "nan", False])
+@pytest.mark.parametrize(
+    "value", ["2.5", "-1", "16385", "lots", "nan", False, HUGE_JSON_INT, -HUGE_JSON_INT, "1e400"]
+)
 def test_bad_min_area(value):
     with pytest.raises(RequestError, match="min_area must be a whole number of pixels between 0"):
         parse_min_area(value, 16384)

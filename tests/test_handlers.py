@@ -1,0 +1,71 @@
+"""The TorchServe handlers without a server: a context stub with TorchServe's documented
+attributes, real encoded images, one response per request, per-item statuses, batch log lines."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from handlers.manipulation_density_handler import ManipulationDensityHandler
+from handlers.synthesis8_handler import Synthesis8Handler
+from medfakedet.imaging import encode_png
+from tests.test_predictors import density_dir, rect_png, s8_dir  # noqa: F401  (fixtures)
+
+
+class Context:
+    """What TorchServe's ``Context`` offers a handler: properties, headers, per-item status."""
+
+    def __init__(self, model_dir, headers: list[dict] | None = None) -> None:
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None}
+        self.headers = headers or []
+        self.statuses: dict[int, tuple[int, str]] = {}
+
+    def get_request_header(self, idx: int, key: str):
+        return self.headers[idx].get(key)
+
+    def set_response_status(self, code: int, phrase: str, idx: int) -> None:
+        self.statuses[idx] = (code, phrase)
+
+
+def _png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return encode_png(rng.random((96, 80), dtype=np.float32))
+
+
+def test_synthesis8_handler_answers_each_row_and_logs_the_batch(s8_dir, caplog):  # noqa: F811
+    handler = Synthesis8Handler()
+    handler.initialize(Context(s8_dir))
+    rows = [{"image": _png(1)}, {"body": b"not an image"}, {"data": _png(2)}]
+    ctx = Context(s8_dir, headers=[{}, {}, {"explain": "True"}])
+    with caplog.at_level(logging.INFO):
+        out = handler.handle(rows, ctx)
+    assert len(out) == 3
+    assert out[0]["class_name"] and "heatmap_png" not in out[0]
+    assert out[1]["status"] == 400 and ctx.statuses.keys() == {1}
+    assert ctx.statuses[1][0] == 400 and "image" in ctx.statuses[1][1].lower()
+    assert out[2]["explanation"]["method"] == "grad-cam" and out[2]["heatmap_png"]
+    assert "synthesis8 batch_size=3 explained=1 ms=" in caplog.text
+    # same answer as the predictor in process
+    direct = handler.predictor.predict([_png(1)])[0]
+    assert out[0]["probabilities"] == direct["probabilities"]
+
+
+def test_density_handler_applies_per_row_params(density_dir, caplog):  # noqa: F811
+    handler = ManipulationDensityHandler()
+    handler.initialize(Context(density_dir))
+    image = rect_png(128, (30, 40, 70, 90))
+    rows = [{"image": image}, {"image": image, "thr": "0.99"}, {"image": image, "thr": "2"}]
+    ctx = Context(density_dir)
+    with caplog.at_level(logging.INFO):
+        out = handler.handle(rows, ctx)
+    assert out[0]["count"] == 1 and out[0]["is_manipulated"] is True
+    assert out[1]["threshold"] == 0.99
+    assert out[2]["status"] == 400 and ctx.statuses[2][0] == 400
+    assert "manipulation_density batch_size=3 ms=" in caplog.text
+
+
+def test_initialize_refuses_the_other_models_artifact(s8_dir):  # noqa: F811
+    with pytest.raises(Exception, match="manipulation_density artifact"):
+        ManipulationDensityHandler().initialize(Context(s8_dir))
