@@ -7,12 +7,14 @@
 
 Offline (default) the trained artifacts in ``--artifacts`` are loaded in-process; with
 ``--server`` every file is POSTed to a running MedFakeDet service. Each file gets one row:
-predicted class, P(fake), and (for brain images with ``--localize auto``, or every image with
-``always``) whether it looks locally manipulated and how many boxes were found. A file that cannot
+predicted class, the verdict (real / fake / uncertain), P(fake), the in-distribution score, and
+(for brain images with ``--localize auto``, or every image with ``always``) the localizer's
+verdict (manipulated / untouched / uncertain) and how many boxes were found. A file that cannot
 be read or decoded is an error row, never a crash.
 
 Exit codes: 0 done; 1 usage or setup error (bad option, missing path, missing artifacts,
-unreachable server); 2 with ``--fail-on-fake`` when any file is fake or manipulated.
+unreachable server); 2 with ``--fail-on-fake`` when any verdict is fake or manipulated
+(``uncertain`` answers do not count: they are listed in the summary).
 """
 
 from __future__ import annotations
@@ -120,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan = sub.add_parser(
         "scan",
         help="audit image files and folders",
-        description="Classify every file (organ, real/fake, P(fake)) and localize manipulation "
-        "in brain images. Exit 0 when done, 1 on usage errors, 2 with --fail-on-fake when "
-        "anything is fake or manipulated.",
+        description="Classify every file (organ, real/fake/uncertain, P(fake)) and localize "
+        "manipulation in brain images. Exit 0 when done, 1 on usage errors, 2 with --fail-on-fake "
+        "when any verdict is fake or manipulated (uncertain answers do not count).",
     )
     scan.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     scan.add_argument("--server", metavar="URL", help="scan through a running service instead")
@@ -144,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--thr", type=float, help="box threshold on the density map (0..1)")
     scan.add_argument("--min-area", type=int, help="smallest box, in 128x128 model pixels")
     scan.add_argument(
-        "--fail-on-fake", action="store_true", help="exit 2 if any file is fake or manipulated"
+        "--fail-on-fake",
+        action="store_true",
+        help="exit 2 if any verdict is fake or manipulated (not uncertain)",
     )
     scan.add_argument("--device", default="auto", help="offline: cpu, cuda:0, ... (default auto)")
     scan.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=argparse.SUPPRESS)

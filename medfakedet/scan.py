@@ -46,11 +46,19 @@ class ScanRow:
 
     @property
     def is_fake(self) -> bool:
-        return bool(self.synthesis and self.synthesis.is_fake)
+        """The verdict is ``fake`` (an ``uncertain`` answer is not)."""
+        return bool(self.synthesis and self.synthesis.verdict == "fake")
 
     @property
     def is_manipulated(self) -> bool:
-        return bool(self.localization and self.localization.is_manipulated)
+        """The localizer's verdict is ``manipulated``."""
+        return bool(self.localization and self.localization.verdict == "manipulated")
+
+    @property
+    def is_uncertain(self) -> bool:
+        """Either model answered ``uncertain``."""
+        answers = (self.synthesis, self.localization)
+        return any(a is not None and a.verdict == "uncertain" for a in answers)
 
     def to_dict(self) -> dict[str, Any]:
         """A flat JSON-ready record (density PNGs are never included)."""
@@ -61,8 +69,13 @@ class ScanRow:
             "error": self.error,
             "organ": s.organ if s else None,
             "class_name": s.class_name if s else None,
-            "verdict": None if not s else ("fake" if s.is_fake else "real"),
+            "verdict": s.verdict if s else None,
+            "in_distribution": s.in_distribution if s else None,
+            "in_distribution_score": s.in_distribution_score if s else None,
+            "reason": s.reason if s else None,
             "fake_probability": s.fake_probability if s else None,
+            "localizer_verdict": loc.verdict if loc else None,
+            "localizer_in_distribution_score": loc.in_distribution_score if loc else None,
             "manipulated": loc.is_manipulated if loc else None,
             "presence_score": loc.presence_score if loc else None,
             "count": loc.count if loc else None,

@@ -19,7 +19,12 @@ CSV_COLUMNS = (
     "organ",
     "class_name",
     "verdict",
+    "in_distribution",
+    "in_distribution_score",
+    "reason",
     "fake_probability",
+    "localizer_verdict",
+    "localizer_in_distribution_score",
     "manipulated",
     "presence_score",
     "count",
@@ -36,6 +41,7 @@ class Summary:
     files: int
     fake: int
     manipulated: int
+    uncertain: int
     errors: int
 
     @classmethod
@@ -44,13 +50,15 @@ class Summary:
             files=len(rows),
             fake=sum(r.is_fake for r in rows),
             manipulated=sum(r.is_manipulated for r in rows),
+            uncertain=sum(r.is_uncertain for r in rows),
             errors=sum(r.error is not None for r in rows),
         )
 
     def line(self) -> str:
         return (
             f"{self.files} file{'s' if self.files != 1 else ''}, {self.fake} fake, "
-            f"{self.manipulated} manipulated, {self.errors} error{'s' if self.errors != 1 else ''}"
+            f"{self.manipulated} manipulated, {self.uncertain} uncertain, "
+            f"{self.errors} error{'s' if self.errors != 1 else ''}"
         )
 
 
@@ -69,31 +77,35 @@ def _shorten(text: str, width: int) -> str:
 
 
 def format_table(rows: Sequence[ScanRow], summary: Summary) -> str:
-    """A fixed-width table: file, organ, verdict, P(fake), manipulated, boxes; then the summary."""
-    header = ("file", "organ", "verdict", "P(fake)", "manipulated", "boxes")
+    """A fixed-width table: file, organ, verdict, P(fake), in-distribution score, the
+    localizer's verdict, boxes; then the summary. FAKE and MANIPULATED are in capitals."""
+    header = ("file", "organ", "verdict", "P(fake)", "in-dist", "manipulated", "boxes")
     body = []
     for row in rows:
         d = row.to_dict()
         if row.error:
-            body.append((_shorten(row.file, 60), "-", "ERROR", "-", "-", "-", row.error))
+            body.append((_shorten(row.file, 60), "-", "ERROR", "-", "-", "-", "-", row.error))
             continue
+        loc = d["localizer_verdict"]
         body.append(
             (
                 _shorten(row.file, 60),
                 _fmt(d["organ"]),
                 _fmt(d["verdict"]).upper() if d["verdict"] == "fake" else _fmt(d["verdict"]),
                 _fmt(d["fake_probability"]),
-                _fmt(d["manipulated"]),
+                _fmt(d["in_distribution_score"], 2),
+                {"manipulated": "MANIPULATED", "untouched": "no"}.get(loc, _fmt(loc)),
                 _fmt(d["count"]),
                 "",
             )
         )
+    n = len(header)
     widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     for b in body:
-        cells = "  ".join(c.ljust(w) for c, w in zip(b[:6], widths, strict=True))
-        lines.append((cells + ("  " + b[6] if b[6] else "")).rstrip())
+        cells = "  ".join(c.ljust(w) for c, w in zip(b[:n], widths, strict=True))
+        lines.append((cells + ("  " + b[n] if b[n] else "")).rstrip())
     lines.append("")
     lines.append(summary.line())
     return "\n".join(lines) + "\n"

@@ -26,6 +26,7 @@ from medfakedet.artifacts import save_artifact
 from medfakedet.cli import main
 from medfakedet.labels import CLASS_NAMES
 from medfakedet.models import build_classifier, build_localizer
+from medfakedet.ood import OODStatistics
 from medfakedet.preprocess import CLASSIFIER_PREPROCESS, LOCALIZER_PREPROCESS
 from medfakedet.scan_output import CSV_COLUMNS
 
@@ -33,7 +34,12 @@ LOGIT = 8.0  # the winning class's logit; all others are 0
 DENSITY_BIAS = 6.0  # density map = sigmoid(+-6) everywhere
 
 
-def _make_artifacts(root: Path, winner: str, density_bias: float) -> Path:
+def _far_away(dim: int) -> OODStatistics:
+    """In-distribution statistics that no image meets: the mean is 1000 in every feature."""
+    return OODStatistics(np.full((1, dim), 1e3), np.eye(dim), np.linspace(0.0, 1.0, 20), 1.0)
+
+
+def _make_artifacts(root: Path, winner: str, density_bias: float, ood: bool = False) -> Path:
     torch.manual_seed(0)
     clf = build_classifier()
     with torch.no_grad():
@@ -48,6 +54,7 @@ def _make_artifacts(root: Path, winner: str, density_bias: float) -> Path:
         preprocess=CLASSIFIER_PREPROCESS,
         calibration={"temperature": 1.0},
         version="test-clf",
+        ood=_far_away(512) if ood else None,
     )
     loc = build_localizer("unet_density")
     with torch.no_grad():
@@ -61,6 +68,7 @@ def _make_artifacts(root: Path, winner: str, density_bias: float) -> Path:
         preprocess=LOCALIZER_PREPROCESS,
         calibration={"presence_threshold": 0.28, "box_threshold": 0.28, "min_area": 20},
         version="test-loc",
+        ood=_far_away(128) if ood else None,
     )
     return root
 
@@ -68,6 +76,12 @@ def _make_artifacts(root: Path, winner: str, density_bias: float) -> Path:
 @pytest.fixture(scope="module")
 def fake_brain_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _make_artifacts(tmp_path_factory.mktemp("fake_brain"), "brain_fake", DENSITY_BIAS)
+
+
+@pytest.fixture(scope="module")
+def unlike_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake-brain models, with statistics that call every image out of distribution."""
+    return _make_artifacts(tmp_path_factory.mktemp("ood"), "brain_fake", DENSITY_BIAS, ood=True)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +130,13 @@ def test_json_report_has_known_classes_probabilities_and_boxes(
         str(fake_brain_artifacts),
     )
     assert code == 0  # fakes found, but --fail-on-fake was not given
-    assert report["summary"] == {"files": 3, "fake": 2, "manipulated": 2, "errors": 1}
+    assert report["summary"] == {
+        "files": 3,
+        "fake": 2,
+        "manipulated": 2,
+        "uncertain": 0,
+        "errors": 1,
+    }
     png, jpg, txt = report["results"]
 
     expected = _expected_probs("brain_fake")
@@ -124,6 +144,9 @@ def test_json_report_has_known_classes_probabilities_and_boxes(
     for row, (w, h, fmt) in ((png, (200, 150, "PNG")), (jpg, (96, 64, "JPEG"))):
         assert row["status"] == "ok" and row["error"] is None
         assert (row["class_name"], row["organ"], row["verdict"]) == ("brain_fake", "brain", "fake")
+        # These artifacts have no in-distribution statistics: unknown, never uncertain.
+        assert (row["in_distribution"], row["in_distribution_score"]) == (None, None)
+        assert row["localizer_verdict"] == "manipulated"
         assert row["fake_probability"] == pytest.approx(p_fake, abs=1e-5)
         assert row["probabilities"] == pytest.approx(expected, abs=1e-5)
         assert (row["width"], row["height"], row["format"]) == (w, h, fmt)
@@ -147,14 +170,15 @@ def test_table_lists_every_file_and_the_summary(
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["file", "organ", "verdict", "P(fake)", "manipulated", "boxes"]
+    header = ["file", "organ", "verdict", "P(fake)", "in-dist", "manipulated", "boxes"]
+    assert lines[0].split() == header
     (png_line,) = [line for line in lines if "brain.png" in line]
     p_fake = sum(p for n, p in _expected_probs("brain_fake").items() if n.endswith("_fake"))
-    assert png_line.split()[1:] == ["brain", "FAKE", f"{p_fake:.3f}", "yes", "1"]
+    assert png_line.split()[1:] == ["brain", "FAKE", f"{p_fake:.3f}", "-", "MANIPULATED", "1"]
     assert f"{p_fake:.3f}" == "0.999"
     (txt_line,) = [line for line in lines if "notes.png" in line]
     assert "ERROR" in txt_line
-    assert lines[-1] == "3 files, 2 fake, 2 manipulated, 1 error"
+    assert lines[-1] == "3 files, 2 fake, 2 manipulated, 0 uncertain, 1 error"
 
 
 def test_csv_output_file_parses_back(
@@ -176,7 +200,7 @@ def test_csv_output_file_parses_back(
     )
     captured = capsys.readouterr()
     assert code == 0 and captured.out == ""  # the report went to the file
-    assert captured.err.strip().endswith("2 files, 1 fake, 1 manipulated, 1 error")
+    assert captured.err.strip().endswith("2 files, 1 fake, 1 manipulated, 0 uncertain, 1 error")
     reader = csv.DictReader(io.StringIO(out_file.read_text()))
     assert tuple(reader.fieldnames) == CSV_COLUMNS
     png, txt = list(reader)
@@ -210,7 +234,53 @@ def test_localize_auto_only_runs_on_brain_and_always_runs_everywhere(
     _, always = _scan_json(capsys, png, "--artifacts", art, "--localize", "always")
     (row,) = always["results"]
     assert row["manipulated"] is False and row["count"] == 0 and row["boxes"] == []
-    assert always["summary"] == {"files": 1, "fake": 0, "manipulated": 0, "errors": 0}
+    assert always["summary"] == {
+        "files": 1,
+        "fake": 0,
+        "manipulated": 0,
+        "uncertain": 0,
+        "errors": 0,
+    }
+    assert (row["verdict"], row["localizer_verdict"]) == ("real", "untouched")
+
+
+def test_out_of_distribution_is_uncertain_in_every_format_and_does_not_fail(
+    capsys, tmp_path: Path, unlike_artifacts: Path, images: dict[str, Path]
+) -> None:
+    png, art = str(images["png"]), str(unlike_artifacts)
+    code, report = _scan_json(capsys, png, "--artifacts", art, "--fail-on-fake")
+    assert code == 0  # uncertain is neither fake nor manipulated
+    (row,) = report["results"]
+    assert report["summary"] == {
+        "files": 1,
+        "fake": 0,
+        "manipulated": 0,
+        "uncertain": 1,
+        "errors": 0,
+    }
+    assert (row["verdict"], row["in_distribution"], row["in_distribution_score"]) == (
+        "uncertain",
+        False,
+        0.0,
+    )
+    assert row["class_name"] == "brain_fake"  # the paper's fields keep the model's call
+    assert row["reason"].startswith("The image is unlike every image the model was trained on")
+    assert (row["localizer_verdict"], row["manipulated"], row["count"]) == ("uncertain", True, 0)
+    assert row["message"].startswith("Uncertain, no boxes")
+    assert main(["scan", png, "--artifacts", art]) == 0
+    table = capsys.readouterr().out.splitlines()
+    (png_line,) = [line for line in table if "brain.png" in line]
+    assert png_line.split()[1:] == ["brain", "uncertain", "0.999", "0.00", "uncertain", "0"]
+    assert table[-1] == "1 file, 0 fake, 0 manipulated, 1 uncertain, 0 errors"
+    out_file = tmp_path / "r.csv"
+    assert main(["scan", png, "--artifacts", art, "--format", "csv", "-o", str(out_file)]) == 0
+    (record,) = csv.DictReader(io.StringIO(out_file.read_text()))
+    assert (record["verdict"], record["in_distribution"], record["localizer_verdict"]) == (
+        "uncertain",
+        "False",
+        "uncertain",
+    )
+    capsys.readouterr()
 
 
 def test_thr_above_the_density_hides_boxes_but_not_presence(
@@ -248,7 +318,13 @@ def test_folder_scan_recursive_and_batched(
     _, deep = _scan_json(capsys, str(root), "-r", "--artifacts", art, "--batch-size", "2")
     got = {Path(r["file"]): (r["width"], r["height"]) for r in deep["results"]}
     assert got == sizes  # every file once, in its own row, across batches of 2
-    assert deep["summary"] == {"files": 5, "fake": 5, "manipulated": 5, "errors": 0}
+    assert deep["summary"] == {
+        "files": 5,
+        "fake": 5,
+        "manipulated": 5,
+        "uncertain": 0,
+        "errors": 0,
+    }
 
 
 @pytest.mark.parametrize(

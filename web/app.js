@@ -28,6 +28,8 @@
     status: $("status"),
     synthesis: $("synthesis"),
     verdictBadge: $("verdict-badge"),
+    verdictReason: $("verdict-reason"),
+    inDistribution: $("in-distribution"),
     resultClass: $("result-class"),
     fakeBar: $("fake-bar"),
     fakeBarFill: $("fake-bar-fill"),
@@ -42,6 +44,7 @@
     densityResult: $("density-result"),
     densityBadge: $("density-badge"),
     densityMessage: $("density-message"),
+    densityInDistribution: $("density-in-distribution"),
     presenceScore: $("presence-score"),
     boxCount: $("box-count"),
     densityParams: $("density-params"),
@@ -227,11 +230,37 @@
   }
 
   // ------------------------------------------------------------------------------ results
+  // The verdict is what a user should take from the answer; "uncertain" when the image is
+  // unlike the model's training images or P(fake) is in the calibrated grey zone.
+  const BADGES = {
+    real: ["Real", "real"],
+    fake: ["Synthetic", "fake"],
+    manipulated: ["Manipulated", "fake"],
+    untouched: ["No manipulation", "real"],
+    uncertain: ["Uncertain", "uncertain"],
+  };
+
+  function showVerdict(badge, verdict) {
+    const [text, cls] = BADGES[verdict] || [String(verdict), ""];
+    badge.textContent = text;
+    badge.className = `badge ${cls}`;
+  }
+
+  function inDistributionText(r) {
+    if (r.in_distribution === null || r.in_distribution === undefined) {
+      return "unknown (no check in this model)";
+    }
+    const score = Number(r.in_distribution_score).toFixed(2);
+    const like = r.in_distribution ? "like" : "UNLIKE";
+    return `${score}, ${like} the training images`;
+  }
+
   function renderSynthesis(r) {
     el.synthesis.hidden = false;
     el.resultClass.textContent = r.class_name;
-    el.verdictBadge.textContent = r.is_fake ? "Synthetic" : "Real";
-    el.verdictBadge.className = `badge ${r.is_fake ? "fake" : "real"}`;
+    showVerdict(el.verdictBadge, r.verdict);
+    el.verdictReason.textContent = r.reason || "";
+    el.inDistribution.textContent = inDistributionText(r);
     const p = Number(r.fake_probability);
     el.fakeBarFill.style.width = pct(p);
     el.fakeBarFill.className = `bar-fill ${p >= 0.5 ? "fake" : "real"}`;
@@ -292,9 +321,9 @@
     el.density.hidden = false;
     el.densitySkipped.hidden = true;
     el.densityResult.hidden = false;
-    el.densityBadge.textContent = r.is_manipulated ? "Manipulated" : "No manipulation";
-    el.densityBadge.className = `badge ${r.is_manipulated ? "fake" : "real"}`;
+    showVerdict(el.densityBadge, r.verdict);
     el.densityMessage.textContent = r.message || "";
+    el.densityInDistribution.textContent = inDistributionText(r);
     el.presenceScore.textContent = Number(r.presence_score).toFixed(3);
     el.boxCount.textContent = String(r.count);
     el.densityParams.textContent = `${r.threshold} / ${r.min_area} px`;

@@ -8,9 +8,12 @@ stops both at the end. Other integration tests (the web page) reuse it:
 ``stack.artifacts`` ({"synthesis8": dir, "manipulation_density": dir}).
 
 The models are made for serving tests, not trained: synthesis8 has seeded random weights (tests
-compare against the in-process predictor); the localizer is built by hand so that its density
-map is ``sigmoid(40 * (x - 0.5))`` of the input brightness: a bright rectangle on a dark image is a
-"manipulated region" whose box is known exactly (see ``bright_region_localizer``).
+compare against the in-process predictor) and in-distribution statistics that no image meets, so
+it always answers ``uncertain`` (the abstention path). The localizer has no statistics (the path
+of artifacts trained before them: ``in_distribution`` null, never uncertain) and is built by hand
+so that its density map is ``sigmoid(40 * (x - 0.5))`` of the input brightness: a bright rectangle
+on a dark image is a "manipulated region" whose box is known exactly (see
+``bright_region_localizer``).
 
 Self-containment: the workers run with the venv's Python, where medfakedet is also installed in
 editable mode. TorchServe puts the unpacked archive first on the workers' PYTHONPATH and the
@@ -26,12 +29,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from medfakedet.artifacts import save_artifact
 from medfakedet.deploy import Stack, StackConfig, archive_all, free_ports, start, stop
 from medfakedet.models import build_classifier, build_localizer
+from medfakedet.ood import OODStatistics
 from medfakedet.preprocess import CLASSIFIER_PREPROCESS, LOCALIZER_PREPROCESS
 
 pytestmark = pytest.mark.integration
@@ -112,6 +117,8 @@ def serving_artifacts(serving_root) -> dict[str, Path]:
             preprocess=CLASSIFIER_PREPROCESS,
             calibration={"temperature": 1.5},
             version="0.0.1-test",
+            # Feature means at 1000: every upload is out of distribution.
+            ood=OODStatistics(np.full((1, 512), 1e3), np.eye(512), np.linspace(0, 1, 20), 1.0),
         ),
         "manipulation_density": save_artifact(
             root / "manipulation_density",

@@ -60,8 +60,10 @@ def test_scan_posts_each_file_and_reports_the_served_results(stack, files, capsy
     assert notes["status"] == "error" and notes["class_name"] is None
     assert notes["error"].startswith("synthesis8: HTTP 400: ")
     assert "not a recognised image" in notes["error"]
-    fake = int(expected["is_fake"])
-    assert report["summary"] == {"files": 2, "fake": fake, "manipulated": 1, "errors": 1}
+    assert (scan["verdict"], scan["in_distribution"]) == ("uncertain", False)
+    assert scan["localizer_verdict"] == "manipulated"
+    summary = {"files": 2, "fake": 0, "manipulated": 1, "uncertain": 1, "errors": 1}
+    assert report["summary"] == summary
 
 
 def test_thr_and_min_area_travel_as_form_fields(stack, files, capsys):
@@ -82,16 +84,17 @@ def test_table_shows_the_served_verdicts(stack, files, capsys):
     code = main(["scan", str(files["scan"]), "--server", stack.base_url, "--localize", "always"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
-    verdict = "FAKE" if expected["is_fake"] else "real"
+    assert expected["verdict"] == "uncertain"  # the stack's synthesis8 always abstains
     (row,) = [line for line in lines if "scan.png" in line]
     assert row.split()[1:] == [
         expected["organ"],
-        verdict,
+        "uncertain",
         f"{expected['fake_probability']:.3f}",
-        "yes",
+        "0.00",
+        "MANIPULATED",
         "1",
     ]
-    assert lines[-1] == f"1 file, {int(expected['is_fake'])} fake, 1 manipulated, 0 errors"
+    assert lines[-1] == "1 file, 0 fake, 1 manipulated, 1 uncertain, 0 errors"
 
 
 def test_unreachable_server_is_a_usage_error(files, capsys):

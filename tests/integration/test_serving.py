@@ -83,6 +83,13 @@ def check_synthesis8(body: dict) -> None:
     assert body["fake_probability"] == pytest.approx(fake, abs=1e-4)
     assert body["is_fake"] == body["class_name"].endswith("_fake")
     assert body["model_version"] == "0.0.1-test"
+    # The stack's synthesis8 has statistics that no image meets: the served abstention.
+    assert (body["verdict"], body["in_distribution"], body["in_distribution_score"]) == (
+        "uncertain",
+        False,
+        0.0,
+    )
+    assert body["reason"].startswith("The image is unlike every image the model was trained on")
 
 
 def batch_sizes(log: str, model: str) -> list[int]:
@@ -110,6 +117,12 @@ def test_paper_endpoints_through_nginx_with_multipart_form(stack, fmt):
     assert r.status_code == 200, r.text
     body = conforms("/detect/manipulation_density", r)
     assert body["is_manipulated"] is True and body["count"] == 1
+    # The stack's localizer has no statistics: the check is unknown and never abstains.
+    assert (body["verdict"], body["in_distribution"], body["in_distribution_score"]) == (
+        "manipulated",
+        None,
+        None,
+    )
     assert body["threshold"] == 0.3 and body["min_area"] == 20
     assert body["image_size"] == {"width": 256, "height": 256}
     assert body["model_version"] == "0.0.2-test"
@@ -128,6 +141,7 @@ def test_untouched_image_has_no_boxes(stack):
     assert r.status_code == 200
     body = conforms("/detect/manipulation_density", r)
     assert (body["is_manipulated"], body["count"], body["boxes"]) == (False, 0, [])
+    assert body["verdict"] == "untouched"
     assert body["presence_score"] < 0.01
     assert "No manipulation detected" in body["message"]
     assert "density_png" not in body

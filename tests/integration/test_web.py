@@ -147,6 +147,14 @@ def test_png_upload_shows_class_boxes_and_heatmap(page, files, expected, tmp_pat
         upload_and_wait(page, files["png"])
 
     assert page.locator("#result-class").inner_text() == synthesis["class_name"]
+    # The stack's synthesis8 abstains on every image; its localizer has no statistics.
+    assert synthesis["verdict"] == "uncertain" and density["verdict"] == "manipulated"
+    assert page.locator("#verdict-badge").text_content() == "Uncertain"  # CSS capitalises
+    assert "uncertain" in page.locator("#verdict-badge").get_attribute("class")
+    assert page.locator("#verdict-reason").inner_text() == synthesis["reason"]
+    assert page.locator("#in-distribution").inner_text() == "0.00, UNLIKE the training images"
+    assert page.locator("#density-badge").text_content() == "Manipulated"
+    assert page.locator("#density-in-distribution").inner_text().startswith("unknown")
     p_fake = f"{100 * synthesis['fake_probability']:.1f}%"
     assert page.locator("#fake-value").inner_text() == p_fake
     assert page.locator("#organ-bars .bar-row").count() == 4
