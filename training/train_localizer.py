@@ -29,6 +29,7 @@ from torch import nn
 
 from medfakedet.models import LOCALIZER_ARCHS, build_localizer
 from medfakedet.preprocess import PreprocessConfig
+from training.augment import DegradationFields
 from training.calibration import PAPER_THRESHOLD, calibrate_localizer
 from training.common import epoch_generator
 from training.config import CONFIG_DIR, build_arg_parser, parse_config_args
@@ -45,7 +46,7 @@ _SELECTION_THRESHOLDS = np.round(np.arange(0.10, 0.91, 0.05), 2)
 
 
 @dataclass(frozen=True)
-class LocalizerConfig:
+class LocalizerConfig(DegradationFields):
     """Everything that decides a localizer training run (saved with the artifact)."""
 
     arch: str = "unet_density"  # or smp_unet:resnet18, smp_unet:resnet34
@@ -104,6 +105,7 @@ class LocalizerConfig:
             problems.append(f"split_mode must be 'json' or 'group', got {self.split_mode!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             problems.append(f"max_minutes must be > 0, got {self.max_minutes}")
+        problems += self.degradation_problems()
         if problems:
             raise ValueError("invalid localizer config: " + "; ".join(problems))
 

@@ -24,6 +24,7 @@ from torch import nn
 from medfakedet.labels import CLASS_NAMES
 from medfakedet.models import build_classifier
 from medfakedet.preprocess import PreprocessConfig
+from training.augment import DegradationFields
 from training.calibration import fit_temperature
 from training.config import CONFIG_DIR, build_arg_parser, parse_config_args
 from training.inference import predict_synthesis8
@@ -35,7 +36,7 @@ TASK = "synthesis8"
 
 
 @dataclass(frozen=True)
-class Synthesis8Config:
+class Synthesis8Config(DegradationFields):
     """Everything that decides a synthesis8 training run (saved with the artifact)."""
 
     arch: str = "resnet18"
@@ -77,6 +78,7 @@ class Synthesis8Config:
             problems.append(f"size must be within 32..1024, got {self.size}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             problems.append(f"max_minutes must be > 0, got {self.max_minutes}")
+        problems += self.degradation_problems()
         if problems:
             raise ValueError("invalid synthesis8 config: " + "; ".join(problems))
 

@@ -129,7 +129,8 @@ def prepare_run(
     out.mkdir(parents=True, exist_ok=True)
     root = resolve_data_root(data, layout)
     common = dict(preprocess=cfg.preprocess(), split_mode=cfg.split_mode, seed=cfg.seed)
-    train = dataset_cls(root, "train", augment=cfg.augment, **common)
+    degradation = cfg.degradation()  # training/augment.py: the train split only
+    train = dataset_cls(root, "train", augment=cfg.augment, degradation=degradation, **common)
     val = dataset_cls(root, "val", **common)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(

@@ -1,0 +1,175 @@
+"""Degradation augmentation and the builder's encode draw (medfakedet.degrade; issue #10:
+format, JPEG quality, bit depth and size must carry no label, and training sees degraded
+images)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medfakedet.degrade import (
+    Degradation,
+    EncodeSpec,
+    add_noise,
+    down_up,
+    draw_encode,
+    encode_image,
+    gaussian_blur,
+    jpeg_roundtrip,
+)
+from medfakedet.imaging import decode_image
+from medfakedet.preprocess import (
+    CLASSIFIER_PREPROCESS,
+    LOCALIZER_PREPROCESS,
+    eval_transform,
+    train_transform,
+)
+from training.train_localizer import LocalizerConfig
+from training.train_synthesis8 import Synthesis8Config
+
+ALL = Degradation(jpeg_p=1.0, blur_p=1.0, resize_p=1.0, noise_p=1.0)
+
+
+def _scan(size: int = 128) -> torch.Tensor:
+    """A smooth gray test image with edges (1, size, size) in [0, 1]."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    disc = ((xx**2 + yy**2) < 0.6).float() * 0.6 + 0.2
+    return (disc + 0.1 * torch.sin(8 * xx)).clamp(0, 1)[None]
+
+
+@pytest.mark.parametrize(
+    ("op", "low", "high"),
+    [
+        # Mean absolute change on the test image, measured: 0.0020, 0.0088, 0.0118, 0.0092,
+        # 0.0050, 0.0080 (noise of std 0.01: 0.01 * sqrt(2 / pi)).
+        (lambda x: jpeg_roundtrip(x, 95), 0.001, 0.004),
+        (lambda x: jpeg_roundtrip(x, 50), 0.005, 0.015),
+        (lambda x: down_up(x, 0.5), 0.006, 0.02),
+        (lambda x: gaussian_blur(x, 1.0), 0.005, 0.015),
+        (lambda x: down_up(x, 2.0), 0.002, 0.008),
+        (lambda x: add_noise(x, 0.01, torch.Generator().manual_seed(0)), 0.0075, 0.0085),
+    ],
+    ids=["jpeg95", "jpeg50", "down_up_0.5", "blur_1", "up_down_2", "noise_0.01"],
+)
+def test_each_op_changes_the_image_within_bounds(op, low, high) -> None:
+    x = _scan()
+    y = op(x)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    change = float((y - x).abs().mean())
+    assert low <= change <= high, change
+    assert torch.equal(op(x), y)  # deterministic for fixed parameters
+
+
+def test_stronger_settings_degrade_more() -> None:
+    x = _scan()
+    err = [float((jpeg_roundtrip(x, q) - x).abs().mean()) for q in (100, 90, 70, 50)]
+    assert err == sorted(err) and err[-1] > 2 * err[0]
+    blur = [float((gaussian_blur(x, s) - x).abs().mean()) for s in (0.0, 0.5, 1.0, 2.0)]
+    assert blur[0] == 0.0 and blur == sorted(blur)
+
+
+def test_degradation_is_reproducible_with_the_same_generator() -> None:
+    x = _scan()
+    a = ALL(x, torch.Generator().manual_seed(3))
+    b = ALL(x, torch.Generator().manual_seed(3))
+    c = ALL(x, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # Measured over 10 seeds: 0.012-0.028; the picture is still the same picture.
+    assert 0.008 < float((a - x).abs().mean()) < 0.05
+    assert not Degradation().active and Degradation().active is False
+    # All probabilities 0: the image passes unchanged.
+    assert torch.equal(Degradation()(x, torch.Generator()), x)
+
+
+def test_degradation_fires_at_its_probability() -> None:
+    x = _scan(64)
+    half_jpeg = Degradation(jpeg_p=0.5)
+    fired = sum(
+        not torch.equal(half_jpeg(x, torch.Generator().manual_seed(i)), x) for i in range(200)
+    )
+    assert 70 <= fired <= 130, fired  # Binomial(200, 0.5): 100 +- 3.5 sd; measured 94
+
+
+def test_degradation_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError, match="jpeg_p must be within 0..1"):
+        Degradation(jpeg_p=1.5)
+    with pytest.raises(ValueError, match="jpeg_quality must stay <= 100"):
+        Degradation(jpeg_quality=(50, 101))
+    with pytest.raises(ValueError, match="blur_sigma must be a range"):
+        Degradation(blur_sigma=(2.0, 1.0))
+
+
+def test_train_transform_degrades_reproducibly_and_keeps_the_tail() -> None:
+    img = _scan(160).permute(1, 2, 0).numpy()
+    tf = train_transform(CLASSIFIER_PREPROCESS, hflip=False, rotation_deg=0.0, degradation=ALL)
+    a = tf(img, torch.Generator().manual_seed(5))
+    b = tf(img, torch.Generator().manual_seed(5))
+    clean = eval_transform(img, CLASSIFIER_PREPROCESS)
+    assert torch.equal(a, b) and a.shape == clean.shape == (3, 128, 128)
+    assert torch.equal(a[0], a[2])  # degraded in gray, then replicated like the eval tail
+    change = float((a - clean).abs().mean()) / 2  # normalised by std 0.5: back to [0, 1] units
+    assert 0.006 < change < 0.05, change  # measured over 5 seeds: 0.010-0.021
+    # An inactive degradation leaves the paper's transform as it was.
+    plain = train_transform(CLASSIFIER_PREPROCESS, degradation=Degradation())
+    paper = train_transform(CLASSIFIER_PREPROCESS)
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert torch.equal(plain(img, g1), paper(img, g2))
+
+
+def test_config_fields_build_the_degradation_and_are_validated() -> None:
+    cfg = Synthesis8Config(aug_jpeg_p=0.5, aug_jpeg_quality=(60, 90), aug_noise_p=0.2)
+    d = cfg.degradation()
+    assert (d.jpeg_p, d.jpeg_quality, d.noise_p, d.blur_p) == (0.5, (60, 90), 0.2, 0.0)
+    assert d.active and not Synthesis8Config().degradation().active  # off by default
+    cfg.validate()
+    with pytest.raises(ValueError, match="invalid localizer config: .*resize_p must be within"):
+        LocalizerConfig(aug_resize_p=2.0).validate()
+
+
+def test_encode_draw_is_deterministic_and_covers_the_ranges() -> None:
+    specs = [draw_encode(np.random.default_rng(i)) for i in range(400)]
+    assert specs == [draw_encode(np.random.default_rng(i)) for i in range(400)]
+    fmts = {(s.fmt, s.bits) for s in specs}
+    assert fmts == {("jpeg", 8), ("png", 8), ("png", 16)}
+    jpeg_share = sum(s.fmt == "jpeg" for s in specs) / len(specs)
+    assert 0.4 < jpeg_share < 0.6  # measured 0.44
+    qualities = [s.quality for s in specs if s.fmt == "jpeg"]
+    assert min(qualities) == 50 and max(qualities) == 100  # both ends of 50-100 drawn
+    scales = [s.scale for s in specs]
+    assert 0.5 <= min(scales) < 0.55 and 1.9 < max(scales) <= 2.0
+    # Log-uniform: as many shrunk as enlarged.
+    assert 0.4 < np.mean(np.array(scales) < 1.0) < 0.6
+    assert {draw_encode(np.random.default_rng(i), resize=False).scale for i in range(50)} == {1.0}
+
+
+@pytest.mark.parametrize(
+    ("spec", "fmt", "mode", "side"),
+    [
+        (EncodeSpec(0.5, "jpeg", 60, 8), "JPEG", "L", 64),
+        (EncodeSpec(1.5, "png", 0, 8), "PNG", "L", 192),
+        (EncodeSpec(2.0, "png", 0, 16), "PNG", "I;16", 256),
+    ],
+)
+def test_encoded_files_decode_to_the_same_picture(spec, fmt, mode, side) -> None:
+    image = np.rint(_scan()[0].numpy() * 255).astype(np.uint8)
+    data = encode_image(image, spec)
+    with Image.open(io.BytesIO(data)) as im:
+        assert (im.format, im.mode, im.size) == (fmt, mode, (side, side))
+    back = eval_transform(decode_image(data).pixels, LOCALIZER_PREPROCESS)[0].numpy()
+    # Squashed back to 128 px: measured 0.017 (0.5x, q60), 0.005 (1.5x), 0.005 (2x).
+    assert float(np.abs(back - image / 255.0).mean()) < 0.025
+    assert spec.suffix == (".jpg" if fmt == "JPEG" else ".png")
+
+
+def test_sixteen_bit_png_keeps_more_than_eight_bits() -> None:
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (16, 1))
+    data = encode_image(ramp, EncodeSpec(1.5, "png", 0, 16))
+    pixels = decode_image(data).pixels
+    levels = np.unique(np.rint(pixels * 65535))
+    # The resampled values between the 8-bit steps are kept: measured 384 levels (8-bit: 256).
+    assert len(levels) > 300
