@@ -7,16 +7,26 @@ STAMP := $(VENV)/.medfakedet-installed
 DATA ?= data/embedded
 ARTIFACTS ?= artifacts
 REPORTS ?= docs/reports
+# make train-real REAL_DIR=folder with brain/ chest/ kidney/ lung/ real scans
+REAL_DIR ?=
+REAL_DATA ?= data/real
+REAL_ARTIFACTS ?= artifacts-real
+REAL_REPORTS ?= docs/reports/real-scans
+INIT ?= scratch
+TRAIN_SET ?=
+# make serve serves the real-scan models of make train-real when both exist (unless ARTIFACTS is given)
+SERVE_ARTIFACTS = $(if $(and $(filter file,$(origin ARTIFACTS)),$(wildcard $(REAL_ARTIFACTS)/synthesis8/artifact.json),$(wildcard $(REAL_ARTIFACTS)/manipulation_density/artifact.json)),$(REAL_ARTIFACTS),$(ARTIFACTS))
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-fast lint format data train evaluate report archive serve stop restart status \
-        ablation bench loadtest clean
+.PHONY: help setup test test-fast lint format data train train-real evaluate report archive serve stop \
+        restart status ablation bench loadtest clean
 
 help:
 	@echo "make serve   - set up, build data + train if no models exist, archive, start TorchServe + nginx"
 	@echo "make stop    - stop TorchServe and nginx"
 	@echo "make restart - stop, then serve again on the same ports"
 	@echo "make test    - set up if needed and run the whole test suite"
+	@echo "make train-real REAL_DIR=DIR - build the sets around real scans, train + evaluate into $(REAL_ARTIFACTS)/"
 	@echo "make lint    - ruff check + format check"
 	@echo "make data / train / evaluate / archive / ablation / bench / loadtest / clean"
 
@@ -52,6 +62,16 @@ train: data
 	$(PY) -m training.train_localizer --data $(DATA)/medfakeinpaint --out $(ARTIFACTS)/manipulation_density \
 		--config training/configs/localizer_embedded.yaml
 
+# Real scans: build MedFake + MedFakeInpaint around REAL_DIR, train both models with the *_real
+# presets, evaluate, report into $(REAL_REPORTS)/. INIT=imagenet starts synthesis8 from torchvision's
+# cached ImageNet weights; TRAIN_SET="epochs=30 max_minutes=null" trains longer (a GPU).
+train-real: setup
+	@test -n "$(REAL_DIR)" || { echo "usage: make train-real REAL_DIR=folder with brain/ chest/ kidney/ lung/ real scans" >&2; exit 2; }
+	$(PY) -m training.pipeline --real-dir $(REAL_DIR) --data $(REAL_DATA) --artifacts $(REAL_ARTIFACTS) \
+		--reports $(REAL_REPORTS) --config real --force --set synthesis8.init=$(INIT) \
+		$(foreach s,$(TRAIN_SET),--set $(s))
+	@echo "real-scan models in $(REAL_ARTIFACTS)/ (make serve serves them), report in $(REAL_REPORTS)/README.md"
+
 evaluate: setup
 	$(PY) -m training.evaluate --artifact $(ARTIFACTS)/synthesis8 --data $(DATA)/medfake --split test \
 		--out $(REPORTS)/synthesis8
@@ -71,12 +91,16 @@ archive: setup
 	$(PY) -m medfakedet.deploy archive --artifacts $(ARTIFACTS) --out model_store
 
 serve: setup
-	@if [ ! -f $(ARTIFACTS)/synthesis8/artifact.json ] || [ ! -f $(ARTIFACTS)/manipulation_density/artifact.json ]; then \
+	@if [ "$(SERVE_ARTIFACTS)" = "$(REAL_ARTIFACTS)" ]; then \
+		echo "Serving the real-scan models of $(REAL_ARTIFACTS)/ (make train-real); ARTIFACTS=$(ARTIFACTS) serves the defaults."; \
+	elif [ ! -f $(ARTIFACTS)/synthesis8/artifact.json ] || [ ! -f $(ARTIFACTS)/manipulation_density/artifact.json ]; then \
 		echo "No trained models in $(ARTIFACTS)/: building the embedded synthetic data and training the defaults."; \
 		echo "NOTE: these models are trained on SYNTHETIC data only. They are NOT for clinical use."; \
 		$(MAKE) --no-print-directory train || exit 1; \
+	else \
+		echo "Serving the models of $(ARTIFACTS)/."; \
 	fi
-	@$(MAKE) --no-print-directory archive
+	@$(MAKE) --no-print-directory archive ARTIFACTS=$(SERVE_ARTIFACTS)
 	$(PY) -m medfakedet.deploy start
 
 stop:

@@ -133,6 +133,11 @@ def build_arg_parser(description: str, default_config: Path) -> argparse.Argumen
     p.add_argument("--seed", type=int)
     p.add_argument("--max-minutes", type=float, help="stop gracefully after this wall time")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--init",
+        help="initial weights: scratch (default), imagenet (torchvision's ResNet weights from the "
+        "local torch cache, never downloaded) or a .pth/.pt/.safetensors state dict",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint/")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -142,6 +147,7 @@ def build_arg_parser(description: str, default_config: Path) -> argparse.Argumen
 #: CLI flag (argparse dest) -> config key; flags left unset do not override the YAML.
 CLI_KEYS = (
     "epochs", "batch_size", "lr", "size", "split_mode", "seed", "max_minutes", "device", "arch",
+    "init",
 )  # fmt: skip
 
 

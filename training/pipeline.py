@@ -1,11 +1,15 @@
-"""``make train`` in one command: build the embedded data if missing, train both models,
-evaluate both, and write a summary with the machine and the time of every stage.
+"""``make report`` / ``make train-real`` in one command: build the data if missing, train both
+models, evaluate both, and write a summary with the machine and the time of every stage.
 
 ``python -m training.pipeline [--data data/embedded] [--artifacts artifacts]
-[--reports docs/reports] [--config embedded] [--force]``
+[--reports docs/reports] [--config embedded] [--force] [--real-dir DIR] [--init INIT]
+[--set KEY=VALUE ...]``
 
 Existing artifacts are kept unless ``--force`` (so ``make serve`` trains only when no model
-exists); the reports are always rewritten.
+exists); the reports are always rewritten. With ``--real-dir`` the data is built around that
+folder of real scans (``python -m medfakedet.data build --real-dir DIR``), and rebuilt when
+``--data`` holds a build of another folder. ``--set KEY=VALUE`` overrides both trainers'
+presets; ``--set synthesis8.KEY=VALUE`` / ``--set localizer.KEY=VALUE`` one of them.
 """
 
 from __future__ import annotations
@@ -17,19 +21,74 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medfakedet.artifacts import META_FILE
+from medfakedet.labels import CLASS_NAMES, ORGANS
 from medfakedet.runtime import machine_info, setup_threads
 from training.common import write_json
-from training.config import load_yaml_config, preset_path
+from training.config import apply_overrides, load_yaml_config, parse_set, preset_path
 from training.evaluate import evaluate_artifact
 from training.report import markdown_table
 from training.task_metrics import headline
 
 TASK_DIRS = {"synthesis8": "synthesis8", "manipulation_density": "manipulation_density"}
+#: The trainers' preset prefixes, also the scopes of ``--set PREFIX.KEY=VALUE``.
+PRESET_PREFIXES = {"synthesis8": "synthesis8", "manipulation_density": "localizer"}
 
 
 def has_data(data: Path) -> bool:
     return (data / "medfake").is_dir() and (data / "medfakeinpaint" / "images").is_dir()
+
+
+def needs_build(data: Path, real_dir: Path | None) -> bool:
+    """True when ``data`` holds no dataset, or a build of another real folder than
+    ``real_dir`` (a dataset not made by the builder is never replaced)."""
+    if not has_data(data):
+        return True
+    try:
+        built_from = json.loads((data / "build.json").read_text()).get("real_dir")
+    except (OSError, ValueError):
+        if real_dir is None:
+            return False
+        raise ValueError(
+            f"{data} holds a dataset that was not built from {real_dir}; give another --data"
+        ) from None
+    same = (built_from is None and real_dir is None) or (
+        built_from is not None and real_dir is not None
+        and Path(built_from).resolve() == real_dir.resolve()
+    )  # fmt: skip
+    return not same
+
+
+def trainer_configs(config: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Each task's trainer config: the ``config`` preset with the ``--set`` items applied."""
+    from training.train_localizer import LocalizerConfig
+    from training.train_synthesis8 import Synthesis8Config
+
+    classes = {"synthesis8": Synthesis8Config, "manipulation_density": LocalizerConfig}
+    configs = {}
+    for task, cls in classes.items():
+        prefix = PRESET_PREFIXES[task]
+        cfg = load_yaml_config(cls, preset_path(config, prefix))
+        configs[task] = apply_overrides(cfg, task_overrides(overrides, prefix), "--set")
+    return configs
+
+
+def task_overrides(items: Sequence[str], prefix: str) -> dict[str, str]:
+    """The ``--set`` items for the trainer of ``prefix``: unscoped ones and ``prefix.KEY``."""
+    out = {}
+    for key, value in parse_set(items).items():
+        scope, dot, name = key.partition(".")
+        if not dot:
+            out[key] = value
+        elif scope not in PRESET_PREFIXES.values():
+            raise ValueError(
+                f"--set {key}: scope {scope!r} is none of {', '.join(PRESET_PREFIXES.values())}"
+            )
+        elif scope == prefix:
+            out[name] = value
+    return out
 
 
 def run_pipeline(
@@ -39,36 +98,36 @@ def run_pipeline(
     config: str = "embedded",
     force: bool = False,
     show_progress: bool = True,
+    real_dir: Path | None = None,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Build (if needed), train (if needed or forced), evaluate; returns the summary."""
-    from training.train_localizer import LocalizerConfig
+    """Build (if needed), train (if needed or forced), evaluate; returns the summary.
+
+    ``real_dir``: build the data around this folder of real scans; ``overrides``: ``--set``
+    items for the trainers (see :func:`task_overrides`)."""
     from training.train_localizer import train as train_localizer
-    from training.train_synthesis8 import Synthesis8Config
     from training.train_synthesis8 import train as train_synthesis8
 
+    configs = trainer_configs(config, overrides)  # a bad --set fails before the build
     setup_threads()
     stages: dict[str, float | None] = {}
     recorded: dict[str, float | None] = {}  # seconds taken by the earlier run, for reused stages
     start_all = time.monotonic()
-    if not has_data(data):
+    if needs_build(data, real_dir):
         from medfakedet.data.builder import build_datasets
 
         start = time.monotonic()
-        build_datasets(data, progress=show_progress)
+        build_datasets(data, real_dir=real_dir, progress=show_progress)
         stages["build data"] = time.monotonic() - start
     else:  # reused: report the time of the build that made it
         stages["build data"] = None
         recorded["build data"] = recorded_seconds(data / "build.json", ("seconds",))
-    trainers = {
-        "synthesis8": (Synthesis8Config, train_synthesis8, "synthesis8"),
-        "manipulation_density": (LocalizerConfig, train_localizer, "localizer"),
-    }
-    for task, (cls, train, prefix) in trainers.items():
+    trainers = {"synthesis8": train_synthesis8, "manipulation_density": train_localizer}
+    for task, train in trainers.items():
         out = artifacts / TASK_DIRS[task]
         if force or not (out / META_FILE).is_file():
-            cfg = load_yaml_config(cls, preset_path(config, prefix))
             start = time.monotonic()
-            train(cfg, data, out, show_progress=show_progress)
+            train(configs[task], data, out, show_progress=show_progress)
             stages[f"train {task}"] = time.monotonic() - start
         else:
             stages[f"train {task}"] = None
@@ -92,13 +151,22 @@ def run_pipeline(
         "stages_seconds": stages,
         "reused_stages_recorded_seconds": recorded,
         "headline": {task: headline(task, r["metrics"]) for task, r in results.items()},
+        "real_scans": {task: real_scan_numbers(task, r["metrics"]) for task, r in results.items()},
     }
+    if real_dir is not None:
+        summary["real_dir"] = str(real_dir)
     write_json(reports / "summary.json", summary)
     m = summary["machine"]
+    if real_dir is None:
+        title, described = "the default `make train`", "embedded synthetic set"
+    else:
+        title = f"`make train-real REAL_DIR={real_dir}`"
+        described = f"built around the real scans of `{real_dir}` with the builder's fakes"
+    sets = f", `--set {' '.join(overrides)}`" if overrides else ""
     lines = [
-        "# MedFakeDet: metrics of the default `make train`",
+        f"# MedFakeDet: metrics of {title}",
         "",
-        f"Data `{data}` (embedded synthetic set), `--config {config}` presets, test split.",
+        f"Data `{data}` ({described}), `--config {config}` presets{sets}, test split.",
         f"Machine: {m['cpu']}, {m['cpu_cores']} cores, torch {m['torch']}, "
         f"Python {m['python']}, device {m['device']}.",
         "",
@@ -113,10 +181,13 @@ def run_pipeline(
         "",
     ]
     for task, row in summary["headline"].items():
+        extra = summary["real_scans"][task]
         lines += [
             f"### {task} ([full report]({TASK_DIRS[task]}/report.md))",
             "",
             markdown_table(list(row), [list(row.values())]),
+            "",
+            markdown_table(list(extra), [list(extra.values())]),
             "",
         ]
     reports.mkdir(parents=True, exist_ok=True)
@@ -131,15 +202,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reports", default="docs/reports")
     p.add_argument("--config", default="embedded", help="preset name or YAML (both trainers)")
     p.add_argument("--force", action="store_true", help="retrain even if artifacts exist")
+    p.add_argument("--real-dir", type=Path, help="build the data around this real-scan folder")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="[TRAINER.]KEY=VALUE",
+        help="override a preset key of both trainers, or of one (synthesis8.KEY, localizer.KEY)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.real_dir is not None and not args.real_dir.is_dir():
+        p.error(f"--real-dir {args.real_dir} is not a folder")
+    try:
+        trainer_configs(args.config, args.set)
+        needs_build(Path(args.data), args.real_dir)
+    except (ValueError, FileNotFoundError) as e:  # a bad --config or --set; a foreign --data
+        p.error(str(e))
     summary = run_pipeline(
         Path(args.data), Path(args.artifacts), Path(args.reports), args.config, args.force,
-        not args.quiet,
+        not args.quiet, args.real_dir, args.set,
     )  # fmt: skip
     for stage, seconds in summary["stages_seconds"].items():
         print(f"{stage:>30}: {'reused' if seconds is None else f'{seconds:.1f} s'}")
     return 0
+
+
+def real_scan_numbers(task: str, metrics: dict[str, Any]) -> dict[str, float | None]:
+    """What a user of real scans asks first: how often an untouched image is flagged, and how
+    many fakes / manipulations are caught (test split, calibrated thresholds)."""
+    if task == "synthesis8":
+        confusion = np.asarray(metrics["confusion_matrix"])
+        real_rows = confusion[[CLASS_NAMES.index(f"{o}_real") for o in ORGANS]]
+        fake_cols = [CLASS_NAMES.index(f"{o}_fake") for o in ORGANS]
+        return {
+            "real called fake": float(real_rows[:, fake_cols].sum() / max(real_rows.sum(), 1)),
+            "fake recall": metrics["real_vs_fake"]["recall"],
+            "organ accuracy": metrics["organ_accuracy"],
+            "real-vs-fake ROC-AUC": metrics["real_vs_fake"]["roc_auc"],
+        }
+    presence = metrics["presence"]
+    return {
+        "false alarms on untouched": presence["fp"] / max(presence["fp"] + presence["tn"], 1),
+        "manipulated found": presence["recall"],
+        "box F1 @ IoU 0.5": metrics["boxes"]["iou_0.5"]["f1"],
+    }
 
 
 def recorded_seconds(path: Path, keys: tuple[str, ...]) -> float | None:
