@@ -29,6 +29,7 @@ from torch import nn
 
 from medfakedet.models import LOCALIZER_ARCHS, build_localizer
 from medfakedet.preprocess import PreprocessConfig
+from medfakedet.pretrained import init_problem
 from training.augment import DegradationFields
 from training.calibration import PAPER_THRESHOLD, calibrate_localizer
 from training.common import epoch_generator
@@ -50,6 +51,7 @@ class LocalizerConfig(DegradationFields):
     """Everything that decides a localizer training run (saved with the artifact)."""
 
     arch: str = "unet_density"  # or smp_unet:resnet18, smp_unet:resnet34
+    init: str = "scratch"  # initial weights: scratch, imagenet or a state-dict file
     size: int = 128
     crop_size: int | None = None  # train on random crops of this side (None: whole image)
     crop_positive_fraction: float = 0.0  # share of crops centred near a manipulated pixel
@@ -105,6 +107,8 @@ class LocalizerConfig(DegradationFields):
             problems.append(f"split_mode must be 'json' or 'group', got {self.split_mode!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             problems.append(f"max_minutes must be > 0, got {self.max_minutes}")
+        if (problem := init_problem(self.init, self.arch)) is not None:
+            problems.append(problem)
         problems += self.degradation_problems()
         if problems:
             raise ValueError("invalid localizer config: " + "; ".join(problems))

@@ -24,6 +24,7 @@ from torch import nn
 from medfakedet.labels import CLASS_NAMES
 from medfakedet.models import build_classifier
 from medfakedet.preprocess import PreprocessConfig
+from medfakedet.pretrained import init_problem
 from training.augment import DegradationFields
 from training.calibration import fit_temperature
 from training.config import CONFIG_DIR, build_arg_parser, parse_config_args
@@ -40,6 +41,7 @@ class Synthesis8Config(DegradationFields):
     """Everything that decides a synthesis8 training run (saved with the artifact)."""
 
     arch: str = "resnet18"
+    init: str = "scratch"  # initial weights: scratch, imagenet or a state-dict file
     size: int = 128
     epochs: int = 15
     epoch_repeats: int = 1  # passes over the train split per epoch (fewer validations)
@@ -78,6 +80,8 @@ class Synthesis8Config(DegradationFields):
             problems.append(f"size must be within 32..1024, got {self.size}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             problems.append(f"max_minutes must be > 0, got {self.max_minutes}")
+        if (problem := init_problem(self.init, self.arch)) is not None:
+            problems.append(problem)
         problems += self.degradation_problems()
         if problems:
             raise ValueError("invalid synthesis8 config: " + "; ".join(problems))
