@@ -37,11 +37,12 @@ def test_real_presets_resolve_with_overrides() -> None:
 
 
 def write_build(folder: Path, real_dir: str | None, build_json: bool = True) -> None:
-    """The folders ``has_data`` looks for, and the builder's ``build.json`` (real_dir only)."""
+    """The folders ``has_data`` looks for, and the builder's ``build.json``."""
     (folder / "medfake").mkdir(parents=True)
     (folder / "medfakeinpaint" / "images").mkdir(parents=True)
     if build_json:
-        (folder / "build.json").write_text(json.dumps({"real_dir": real_dir}))
+        args = {"real_dir": real_dir, "per_class": 200, "seed": 42}  # as the builder writes it
+        (folder / "build.json").write_text(json.dumps({"args": args, "seconds": 1.0}))
 
 
 def test_data_is_rebuilt_only_for_another_real_folder(tmp_path: Path) -> None:

@@ -47,8 +47,8 @@ def needs_build(data: Path, real_dir: Path | None) -> bool:
     if not has_data(data):
         return True
     try:
-        built_from = json.loads((data / "build.json").read_text()).get("real_dir")
-    except (OSError, ValueError):
+        built_from = json.loads((data / "build.json").read_text())["args"].get("real_dir")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         if real_dir is None:
             return False
         raise ValueError(
