@@ -1,20 +1,27 @@
-"""Is an input like the images a model was trained on? A Mahalanobis distance on its features.
+"""Is an input like the images a model was trained on? Mahalanobis distances on its features.
 
-The features are a model's penultimate activations: ResNet18's 512-d ``avgpool`` output (the
-input of ``fc``) for synthesis8, the global average of the U-Net bottleneck for the localizer.
-Each group (an organ, or the one group of brain slices) has its own mean; the covariance is
-shared and shrunk towards a scaled identity (Ledoit-Wolf), which keeps it invertible with fewer
-training images than feature dimensions. The distance of an input is the smallest squared
-Mahalanobis distance to a group mean.
+The features are a network's globally averaged activations at several depths (Lee et al. 2018,
+"feature ensemble"): ResNet18's ``layer1`` .. ``layer4`` for synthesis8 (``layer4``'s average is
+the 512-d penultimate feature), the U-Net's ``enc1``, ``enc2`` and ``bottleneck`` for the
+localizer. At each depth, each group (a class, or the one group of brain slices) has its own
+mean; the covariance is shared and shrunk towards a scaled identity (Ledoit-Wolf), which keeps
+it invertible with fewer training images than dimensions. An input's distance at a depth is its
+smallest squared Mahalanobis distance to a group mean; its score there is the share of the
+validation images at least as far. The combined score is the smallest over the depths: early
+layers see texture and intensity statistics (a real scan against a phantom), late ones content.
+
+Measured on the phantom-trained quick synthesis8 (val calibrated to keep 95% in): the 512-d
+penultimate feature alone calls 79% of the real scans of real-dev out of distribution; the
+combined score 97%, with 95% of the phantom test split in.
 
 Training fits the statistics on the training images and calibrates the threshold on validation
-(``training.calibration.calibrate_ood``); the artifact stores them (tensors ``ood.*`` in
+(``training.calibration.fit_ood``); the artifact stores them (tensors ``ood.*`` in
 ``model.safetensors``, the threshold in ``artifact.json``). numpy + torch only, no scikit-learn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -54,55 +61,44 @@ def ledoit_wolf(centered: np.ndarray) -> tuple[np.ndarray, float]:
     return shrunk, shrinkage
 
 
+def _share_at_least(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Share of the sorted ``reference`` that is >= each value."""
+    below = np.searchsorted(reference, np.asarray(values, dtype=np.float64), side="left")
+    return 1.0 - below / len(reference)
+
+
 @dataclass
-class OODStatistics:
-    """Group means, the shared precision matrix, and the calibrated distance threshold.
+class LayerStatistics:
+    """One depth: group means, the shared precision matrix, and the validation distances.
 
     Attributes:
         means: (K, D) feature mean of each group.
         precision: (D, D) inverse of the shared shrunk covariance.
-        reference: sorted distances of the in-distribution validation images (the score's scale).
-        threshold: largest distance still counted in-distribution.
+        reference: sorted distances of the validation images (the score's scale).
     """
 
     means: np.ndarray
     precision: np.ndarray
     reference: np.ndarray
-    threshold: float
 
     @classmethod
     def fit(
-        cls,
-        features: np.ndarray,
-        groups: Sequence[int] | None,
-        val_features: np.ndarray,
-        coverage: float = DEFAULT_COVERAGE,
-    ) -> OODStatistics:
+        cls, features: np.ndarray, groups: Sequence[int] | None, val_features: np.ndarray
+    ) -> LayerStatistics:
         """Means and covariance from training ``features`` (one row per image, ``groups`` its
-        group ids; None: one group), threshold from ``val_features`` so that at least
-        ``coverage`` of them count as in-distribution."""
-        if not 0.0 < coverage <= 1.0:
-            raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+        group ids; None: one group); the score's scale from ``val_features``."""
         x = np.asarray(features, dtype=np.float64)
         g = np.zeros(len(x), dtype=np.int64) if groups is None else np.asarray(groups)
         if len(g) != len(x):
             raise ValueError(f"{len(x)} feature rows but {len(g)} group ids")
         keys = np.unique(g)
         means = np.stack([x[g == k].mean(axis=0) for k in keys])
-        centered = x - means[np.searchsorted(keys, g)]
-        cov, _ = ledoit_wolf(centered)
-        stats = cls(means, np.linalg.inv(cov), np.zeros(0), float("inf"))
-        reference = np.sort(stats.distance(val_features))
-        if len(reference) == 0:
-            raise ValueError("no validation features to calibrate the threshold on")
-        # "higher": the threshold is an observed distance, so at least `coverage` are <= it.
-        threshold = float(np.quantile(reference, coverage, method="higher"))
-        return cls(means, stats.precision, reference, threshold)
-
-    @property
-    def coverage(self) -> float:
-        """Share of the validation images counted in-distribution (>= the calibrated target)."""
-        return float(np.mean(self.reference <= self.threshold))
+        cov, _ = ledoit_wolf(x - means[np.searchsorted(keys, g)])
+        layer = cls(means, np.linalg.inv(cov), np.zeros(0))
+        layer.reference = np.sort(layer.distance(val_features))
+        if len(layer.reference) == 0:
+            raise ValueError("no validation features to calibrate on")
+        return layer
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """(N,) smallest squared Mahalanobis distance of each row to a group mean."""
@@ -110,89 +106,148 @@ class OODStatistics:
         if x.ndim != 2 or x.shape[1] != self.means.shape[1]:
             raise ValueError(f"expected (N, {self.means.shape[1]}) features, got {x.shape}")
         diff = x[:, None, :] - self.means[None, :, :]  # (N, K, D)
-        d2 = np.einsum("nkd,de,nke->nk", diff, self.precision, diff)
-        return d2.min(axis=1)
+        return np.einsum("nkd,de,nke->nk", diff, self.precision, diff).min(axis=1)
 
-    def score(self, distances: np.ndarray) -> np.ndarray:
-        """(N,) in-distribution score in [0, 1]: the share of the validation images that are at
-        least as far from the training images (1: typical, 0: further than all of them)."""
-        d = np.asarray(distances, dtype=np.float64)
-        below = np.searchsorted(self.reference, d, side="left")
-        return 1.0 - below / len(self.reference)
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """(N,) share of the validation images at least as far (1: typical, 0: beyond all)."""
+        return _share_at_least(self.reference, self.distance(features))
+
+
+@dataclass
+class OODStatistics:
+    """The statistics of every depth and the calibrated cut-off of the combined score.
+
+    Attributes:
+        layers: the :class:`LayerStatistics` of each feature depth, by name.
+        reference: sorted combined scores of the validation images.
+        threshold: the smallest combined score still counted in-distribution.
+    """
+
+    layers: dict[str, LayerStatistics]
+    reference: np.ndarray
+    threshold: float
+
+    @classmethod
+    def fit(
+        cls,
+        features: Mapping[str, np.ndarray],
+        groups: Sequence[int] | None,
+        val_features: Mapping[str, np.ndarray],
+        coverage: float = DEFAULT_COVERAGE,
+    ) -> OODStatistics:
+        """Fit every depth of ``features`` on training rows (``groups``: their group ids), and
+        set the cut-off so that at least ``coverage`` of ``val_features`` count as in."""
+        if not 0.0 < coverage <= 1.0:
+            raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+        layers = {k: LayerStatistics.fit(x, groups, val_features[k]) for k, x in features.items()}
+        stats = cls(layers, np.zeros(0), 0.0)
+        stats.reference = np.sort(stats.combined(val_features))
+        # "lower": the cut-off is an observed score, so at least `coverage` are >= it.
+        stats.threshold = float(np.quantile(stats.reference, 1.0 - coverage, method="lower"))
+        return stats
+
+    @property
+    def coverage(self) -> float:
+        """Share of the validation images counted in-distribution (>= the calibrated target)."""
+        return float(np.mean(self.reference >= self.threshold))
+
+    def combined(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(N,) the smallest per-depth score of each row."""
+        return np.min([layer.score(features[k]) for k, layer in self.layers.items()], axis=0)
+
+    def check(self, features: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``(inside, score)`` of each row: in-distribution or not, and the in-distribution
+        score in [0, 1]: the share of the validation images whose combined score is no higher
+        (about 1 - coverage at the cut-off, 0 when further than every validation image)."""
+        combined = self.combined(features)
+        higher = np.searchsorted(self.reference, combined, side="right")
+        return combined >= self.threshold, higher / len(self.reference)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors stored in ``model.safetensors`` (float64; the threshold goes to JSON)."""
-        arrays = {"means": self.means, "precision": self.precision, "reference": self.reference}
+        arrays = {"reference": self.reference}
+        for name, layer in self.layers.items():
+            for key in ("means", "precision", "reference"):
+                arrays[f"{name}.{key}"] = getattr(layer, key)
         return {
             TENSOR_PREFIX + k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()
         }
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], threshold: float) -> OODStatistics:
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], threshold: float) -> OODStatistics:
         """The statistics back from :meth:`to_tensors` and the stored threshold."""
-        arrays = {k: tensors[TENSOR_PREFIX + k].double().numpy() for k in ("means", "precision")}
-        reference = tensors[TENSOR_PREFIX + "reference"].double().numpy()
-        means, precision = arrays["means"], arrays["precision"]
-        d = means.shape[1] if means.ndim == 2 else -1
-        if (
-            means.ndim != 2
-            or precision.shape != (d, d)
-            or reference.ndim != 1
-            or not len(reference)
-        ):
-            raise ValueError(
-                f"inconsistent statistics: means {tuple(means.shape)}, precision "
-                f"{tuple(precision.shape)}, reference {tuple(reference.shape)}"
+        arrays = {k[len(TENSOR_PREFIX) :]: v.double().numpy() for k, v in tensors.items()}
+        names = sorted({k.rsplit(".", 1)[0] for k in arrays if k.endswith(".means")})
+        layers = {}
+        for name in names:
+            means, precision, reference = (
+                arrays[f"{name}.{k}"] for k in ("means", "precision", "reference")
             )
-        return cls(means, precision, np.sort(reference), float(threshold))
+            d = means.shape[1] if means.ndim == 2 else -1
+            if precision.shape != (d, d) or reference.ndim != 1 or not len(reference):
+                raise ValueError(
+                    f"inconsistent statistics of {name}: means {tuple(means.shape)}, precision "
+                    f"{tuple(precision.shape)}, reference {tuple(reference.shape)}"
+                )
+            layers[name] = LayerStatistics(means, precision, np.sort(reference))
+        if not layers or arrays["reference"].ndim != 1 or not len(arrays["reference"]):
+            raise ValueError("no feature layers or no combined reference")
+        return cls(layers, np.sort(arrays["reference"]), float(threshold))
 
 
-def feature_module(model: nn.Module) -> tuple[nn.Module, bool]:
-    """The module whose activations are the features, and whether they are its input (True:
-    ResNet's ``fc``) or its output (the U-Nets' bottleneck / deepest encoder stage)."""
-    if hasattr(model, "fc"):
-        return model.fc, True
-    if hasattr(model, "bottleneck"):
-        return model.bottleneck, False
-    if hasattr(model, "net") and hasattr(model.net, "encoder"):
-        return model.net.encoder, False
-    raise ValueError(f"no feature layer known for {type(model).__name__}")
+def feature_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules whose (globally averaged) outputs are the features, by name."""
+    if hasattr(model, "fc"):  # torchvision ResNet
+        return {k: getattr(model, k) for k in ("layer1", "layer2", "layer3", "layer4")}
+    if hasattr(model, "bottleneck"):  # UNetDensity
+        return {k: getattr(model, k) for k in ("enc1", "enc2", "bottleneck")}
+    if hasattr(model, "net") and hasattr(model.net, "encoder"):  # smp U-Net: every stage
+        return {"encoder": model.net.encoder}
+    raise ValueError(f"no feature layers known for {type(model).__name__}")
 
 
-def _pooled(t: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    if isinstance(t, list | tuple):  # smp encoders return every stage; the last is the deepest
-        t = t[-1]
-    t = t.detach().float()
-    return t.mean(dim=(2, 3)) if t.ndim == 4 else t.flatten(1)
+def _pooled(name: str, out: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    stages = {f"{name}{i}": t for i, t in enumerate(out)} if isinstance(out, list | tuple) else {}
+    stages = {k: t for k, t in stages.items() if t.shape[1] > 3} or {name: out}  # skip the input
+    return {k: t.detach().float().mean(dim=(2, 3)).cpu() for k, t in stages.items()}
 
 
 @contextmanager
-def captured_features(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the (N, D) features of every forward of ``model`` inside the block, in order."""
-    module, from_input = feature_module(model)
-    found: list[torch.Tensor] = []
-    if from_input:
-        hook = module.register_forward_pre_hook(
-            lambda _m, args: found.append(_pooled(args[0]).cpu())
-        )
-    else:
-        hook = module.register_forward_hook(lambda _m, _i, out: found.append(_pooled(out).cpu()))
+def captured_features(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Collect the (N, D) features of every forward of ``model`` inside the block, in order:
+    one list of tensors per feature layer."""
+    found: dict[str, list[torch.Tensor]] = {}
+
+    def keep(name: str, out: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        for key, t in _pooled(name, out).items():
+            found.setdefault(key, []).append(t)
+
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: keep(name, out))
+        for name, module in feature_modules(model).items()
+    ]
     try:
         yield found
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
+
+
+def stacked(found: Mapping[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
+    """The captured features as one (N, D) float64 array per layer."""
+    if not found:
+        raise ValueError("no images: nothing to take features from")
+    return {k: torch.cat(v).double().numpy() for k, v in found.items()}
 
 
 @torch.inference_mode()
 def model_features(
     model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device
-) -> np.ndarray:
-    """(N, D) float64 features of every image of ``batches`` (model inputs), in order."""
+) -> dict[str, np.ndarray]:
+    """(N, D) float64 features per layer of every image of ``batches`` (model inputs)."""
     model.eval()
     with captured_features(model) as found:
         for x in batches:
             with autocast(device, dtype=torch.float16):
                 model(x.to(device))
-    if not found:
-        raise ValueError("no images: nothing to take features from")
-    return torch.cat(found).double().numpy()
+    return stacked(found)

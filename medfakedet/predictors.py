@@ -30,7 +30,7 @@ from medfakedet.imaging import (
     encode_png,
 )
 from medfakedet.labels import CLASS_NAMES
-from medfakedet.ood import captured_features
+from medfakedet.ood import captured_features, stacked
 from medfakedet.overlays import heatmap_overlay, png_base64
 from medfakedet.preprocess import preprocess_batch
 from medfakedet.runtime import autocast, select_device
@@ -133,16 +133,12 @@ class _Predictor:
             return tuple(torch.cat([o[i] for o in outs]).float().cpu() for i in range(len(outs[0])))
         return torch.cat(outs).float().cpu()
 
-    def _checks(self, features: list[torch.Tensor]) -> list[InDistribution]:
-        """The in-distribution check of each image whose features were captured."""
+    def _checks(self, features: dict[str, list[torch.Tensor]], n: int) -> list[InDistribution]:
+        """The in-distribution check of each of the ``n`` images whose features were captured."""
         if self.ood is None:
-            return [UNKNOWN] * sum(len(f) for f in features)
-        distances = self.ood.distance(torch.cat(features).double().numpy())
-        scores = self.ood.score(distances)
-        return [
-            InDistribution(bool(d <= self.ood.threshold), float(s))
-            for d, s in zip(distances, scores, strict=True)
-        ]
+            return [UNKNOWN] * n
+        inside, scores = self.ood.check(stacked(features))
+        return [InDistribution(bool(i), float(s)) for i, s in zip(inside, scores, strict=True)]
 
     def _predict(self, items: Sequence[Item], postprocess) -> list[dict | PredictionError]:
         """Decode every item, forward the good ones as one batch, keep errors in their place.
@@ -157,7 +153,7 @@ class _Predictor:
             images = [decoded[i] for i in ok]
             with captured_features(self.model) as features:
                 outputs = self._run(images)
-            answers = postprocess(ok, images, outputs, self._checks(features))
+            answers = postprocess(ok, images, outputs, self._checks(features, len(images)))
             for i, result in zip(ok, answers, strict=True):
                 results[i] = result
         return results
@@ -251,7 +247,7 @@ class Synthesis8Predictor(_Predictor):
         peak = float(cam.max())
         cam = cam / peak if peak > 0 else cam
         probs = torch.softmax(logits.detach() / self.temperature, dim=1)[0].cpu().numpy()
-        (check,) = self._checks(features)
+        (check,) = self._checks(features, 1)
         result = synthesis8_result(probs, self.model_version, check, self.grey_zone)
         result["explanation"] = explanation(target, "layer4")
         result["heatmap_png"] = png_base64(heatmap_overlay(image.pixels, cam.cpu().numpy()))

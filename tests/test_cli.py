@@ -26,7 +26,7 @@ from medfakedet.artifacts import save_artifact
 from medfakedet.cli import main
 from medfakedet.labels import CLASS_NAMES
 from medfakedet.models import build_classifier, build_localizer
-from medfakedet.ood import OODStatistics
+from medfakedet.ood import LayerStatistics, OODStatistics
 from medfakedet.preprocess import CLASSIFIER_PREPROCESS, LOCALIZER_PREPROCESS
 from medfakedet.scan_output import CSV_COLUMNS
 
@@ -34,9 +34,10 @@ LOGIT = 8.0  # the winning class's logit; all others are 0
 DENSITY_BIAS = 6.0  # density map = sigmoid(+-6) everywhere
 
 
-def _far_away(dim: int) -> OODStatistics:
+def _far_away(layer: str, dim: int) -> OODStatistics:
     """In-distribution statistics that no image meets: the mean is 1000 in every feature."""
-    return OODStatistics(np.full((1, dim), 1e3), np.eye(dim), np.linspace(0.0, 1.0, 20), 1.0)
+    far = LayerStatistics(np.full((1, dim), 1e3), np.eye(dim), np.linspace(0.0, 1.0, 20))
+    return OODStatistics({layer: far}, np.linspace(0.05, 1.0, 20), 0.05)
 
 
 def _make_artifacts(root: Path, winner: str, density_bias: float, ood: bool = False) -> Path:
@@ -54,7 +55,7 @@ def _make_artifacts(root: Path, winner: str, density_bias: float, ood: bool = Fa
         preprocess=CLASSIFIER_PREPROCESS,
         calibration={"temperature": 1.0},
         version="test-clf",
-        ood=_far_away(512) if ood else None,
+        ood=_far_away("layer4", 512) if ood else None,
     )
     loc = build_localizer("unet_density")
     with torch.no_grad():
@@ -68,7 +69,7 @@ def _make_artifacts(root: Path, winner: str, density_bias: float, ood: bool = Fa
         preprocess=LOCALIZER_PREPROCESS,
         calibration={"presence_threshold": 0.28, "box_threshold": 0.28, "min_area": 20},
         version="test-loc",
-        ood=_far_away(128) if ood else None,
+        ood=_far_away("bottleneck", 128) if ood else None,
     )
     return root
 

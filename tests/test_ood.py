@@ -5,20 +5,29 @@ grey zone, the features both models expose, and artifacts with and without the s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
+from torch.utils.data import DataLoader
 
 from medfakedet.artifacts import ArtifactError, load_artifact, save_artifact
 from medfakedet.imaging import decode_image, encode_png
 from medfakedet.models import build_classifier, build_localizer
-from medfakedet.ood import OODStatistics, captured_features, ledoit_wolf, model_features
+from medfakedet.ood import (
+    LayerStatistics,
+    OODStatistics,
+    captured_features,
+    ledoit_wolf,
+    model_features,
+)
 from medfakedet.predictors import DensityPredictor, Synthesis8Predictor
 from medfakedet.preprocess import CLASSIFIER_PREPROCESS, LOCALIZER_PREPROCESS
 from medfakedet.schema import RESULT_MODELS
 from training.calibration import grey_zone
+from training.evaluate import open_dataset
 
 DIM = 64
 
@@ -44,46 +53,64 @@ def test_ledoit_wolf_matches_scikit_learn(n, d):
     np.testing.assert_allclose(ours, theirs, atol=1e-12)
 
 
+def one_layer(x: np.ndarray) -> dict[str, np.ndarray]:
+    return {"f": x}
+
+
 def test_threshold_keeps_95_percent_of_held_out_in_distribution_and_rejects_shifted():
     rng = np.random.default_rng(0)
     train, groups = gaussian_groups(rng, 100)  # 400 training rows for 64 dims
     val, _ = gaussian_groups(rng, 100)
-    stats = OODStatistics.fit(train, groups, val)
+    stats = OODStatistics.fit(one_layer(train), groups, one_layer(val))
     assert stats.coverage >= 0.95
     held_out, _ = gaussian_groups(rng, 500)
-    inside = stats.distance(held_out) <= stats.threshold
-    # Measured 0.950 (2,000 held-out rows); the calibration target is 0.95 on val.
+    inside, scores = stats.check(one_layer(held_out))
+    # Measured 0.94x (2,000 held-out rows); the calibration target is 0.95 on val.
     assert inside.mean() >= 0.93
     shifted, _ = gaussian_groups(rng, 500, shift=1.0)
     # Measured 0.000 in: a shift of 1 in every feature is far in Mahalanobis terms.
-    assert (stats.distance(shifted) <= stats.threshold).mean() <= 0.02
-    scores = stats.score(stats.distance(np.concatenate([held_out, shifted])))
+    out, out_scores = stats.check(one_layer(shifted))
+    assert out.mean() <= 0.02
     assert scores.min() >= 0.0 and scores.max() <= 1.0
-    assert np.median(scores[: len(held_out)]) == pytest.approx(0.5, abs=0.06)
-    assert scores[len(held_out) :].max() == 0.0  # further than every validation image
+    assert np.median(scores) == pytest.approx(0.5, abs=0.06)
+    assert out_scores.max() == 0.0  # further than every validation image
+    assert (inside == (scores > 0.05)).mean() >= 0.99  # the cut-off sits near score 0.05
+
+
+def test_the_combined_score_flags_a_shift_seen_by_one_layer_only():
+    rng = np.random.default_rng(3)
+    train, groups = gaussian_groups(rng, 100)
+    val, _ = gaussian_groups(rng, 100)
+    noise = {"a": train, "b": rng.normal(size=(400, 8))}
+    stats = OODStatistics.fit(noise, groups, {"a": val, "b": rng.normal(size=(400, 8))})
+    held_out, _ = gaussian_groups(rng, 200)
+    normal = {"a": held_out, "b": rng.normal(size=(800, 8))}
+    assert stats.check(normal)[0].mean() >= 0.92
+    odd = {"a": held_out, "b": rng.normal(size=(800, 8)) + 3.0}  # only layer b moved
+    assert stats.check(odd)[0].mean() <= 0.02
 
 
 def test_group_means_matter():
     """A sample at another group's mean is in; halfway between two groups it is out."""
     rng = np.random.default_rng(1)
     train, groups = gaussian_groups(rng, 100)
-    stats = OODStatistics.fit(train, groups, gaussian_groups(rng, 50)[0])
-    assert stats.means.shape == (4, DIM)
+    stats = OODStatistics.fit(one_layer(train), groups, one_layer(gaussian_groups(rng, 50)[0]))
+    assert stats.layers["f"].means.shape == (4, DIM)
     centres = np.stack([np.eye(DIM)[k] * 6.0 for k in range(4)])
-    assert (stats.distance(centres) <= stats.threshold).all()
+    assert stats.check(one_layer(centres))[0].all()
     between = (centres[0] + centres[1]) / 2
-    assert stats.distance(between[None])[0] > stats.threshold
-    single = OODStatistics.fit(train, None, gaussian_groups(rng, 50)[0])  # one pooled group
+    assert not stats.check(one_layer(between[None]))[0][0]
+    single = LayerStatistics.fit(train, None, gaussian_groups(rng, 50)[0])  # one pooled group
     assert single.means.shape == (1, DIM)
 
 
 def test_fit_refuses_bad_input():
     x = np.zeros((10, 4))
     with pytest.raises(ValueError, match="coverage must be in"):
-        OODStatistics.fit(x, None, x, coverage=0.0)
+        OODStatistics.fit(one_layer(x), None, one_layer(x), coverage=0.0)
     with pytest.raises(ValueError, match="10 feature rows but 3 group ids"):
-        OODStatistics.fit(x, [0, 1, 2], x)
-    stats = OODStatistics.fit(np.random.default_rng(0).normal(size=(10, 4)), None, x)
+        LayerStatistics.fit(x, [0, 1, 2], x)
+    stats = LayerStatistics.fit(np.random.default_rng(0).normal(size=(10, 4)), None, x)
     with pytest.raises(ValueError, match=r"expected \(N, 4\) features"):
         stats.distance(np.zeros((2, 5)))
 
@@ -110,27 +137,34 @@ def test_grey_zone_is_empty_for_a_confident_model_and_covers_the_muddle():
 
 
 @pytest.mark.parametrize(
-    ("model", "x", "dim"),
+    ("model", "x", "dims"),
     [
-        (build_classifier, torch.rand(3, 3, 64, 64), 512),  # ResNet18's avgpool output
-        (build_localizer, torch.rand(3, 1, 32, 32), 128),  # UNetDensity's bottleneck
-        (lambda: build_localizer("smp_unet:resnet18"), torch.rand(3, 1, 64, 64), 512),
+        (build_classifier, torch.rand(3, 3, 64, 64), {"layer1": 64, "layer4": 512}),
+        (build_localizer, torch.rand(3, 1, 32, 32), {"enc1": 32, "bottleneck": 128}),
+        (
+            lambda: build_localizer("smp_unet:resnet18"),
+            torch.rand(3, 1, 64, 64),
+            {"encoder1": 64, "encoder5": 512},
+        ),
     ],
 )
-def test_features_are_the_penultimate_activations(model, x, dim):
+def test_features_are_averaged_activations_at_several_depths(model, x, dims):
     torch.manual_seed(0)
     m = model().eval()
     with captured_features(m) as found:
         m(x)
-    assert [tuple(f.shape) for f in found] == [(3, dim)]
+    for name, dim in dims.items():
+        assert [tuple(f.shape) for f in found[name]] == [(3, dim)]
     batched = model_features(m, [x[:2], x[2:]], torch.device("cpu"))
-    assert batched.shape == (3, dim) and batched.dtype == np.float64
-    np.testing.assert_allclose(batched, found[0].double().numpy(), rtol=1e-5, atol=1e-6)
-    if dim == 512 and hasattr(m, "fc"):  # the features are exactly what fc sees
+    assert set(batched) == set(found)
+    for name, feats in batched.items():
+        assert feats.dtype == np.float64
+        np.testing.assert_allclose(feats, found[name][0].double().numpy(), rtol=1e-5, atol=1e-6)
+    if hasattr(m, "fc"):  # layer4's average is the penultimate feature: exactly what fc sees
         with torch.no_grad():
             logits = m(x)
         np.testing.assert_allclose(
-            m.fc(found[0]).detach().numpy(), logits.numpy(), rtol=1e-4, atol=1e-5
+            m.fc(found["layer4"][0]).detach().numpy(), logits.numpy(), rtol=1e-4, atol=1e-5
         )
 
 
@@ -180,8 +214,11 @@ def test_artifact_round_trip_with_and_without_statistics(tmp_path, task):
     meta = json.loads((with_ood / "artifact.json").read_text())
     assert meta["calibration"]["ood_threshold"] == stats.threshold
     art = load_artifact(with_ood)
-    np.testing.assert_array_equal(art.ood.means, stats.means)
-    np.testing.assert_array_equal(art.ood.precision, stats.precision)
+    assert set(art.ood.layers) == set(stats.layers) and len(stats.layers) >= 3
+    for name, layer in stats.layers.items():
+        for key in ("means", "precision", "reference"):
+            np.testing.assert_array_equal(getattr(art.ood.layers[name], key), getattr(layer, key))
+    np.testing.assert_array_equal(art.ood.reference, stats.reference)
     assert art.ood.threshold == stats.threshold
     assert load_artifact(plain).ood is None  # an older artifact loads and never abstains
 
@@ -226,3 +263,55 @@ def test_statistics_without_threshold_are_refused(tmp_path):
     (out / "artifact.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="in-distribution statistics without ood_threshold"):
         load_artifact(out)
+
+
+# ------------------------------------------------ the phantom-trained models (issue #10 point 3)
+REAL_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-dev"
+#: Measured on models built and trained as the session's (tests/conftest.py: the same build,
+#: the quick presets): test split in 0.950 (synthesis8, 120 images; calibrated to 0.958 on val)
+#: and 1.000 (localizer); uncertain on all 1,029 real-dev scans 0.974 (synthesis8: 17 fake, 10
+#: real) and on its 397 brain MRI 1.000 (localizer). The real-dev floors are the issue's 90%.
+FLOORS = {
+    "synthesis8_test_in": 0.925,
+    "localizer_test_in": 0.95,
+    "synthesis8_real_dev_uncertain": 0.90,
+    "localizer_real_dev_uncertain": 0.90,
+}
+
+
+def split_in_distribution_share(artifact_dir: Path, data: Path) -> float:
+    """Share of the test split of ``data`` that the artifact's check counts as in."""
+    art = load_artifact(artifact_dir)
+    dataset, _ = open_dataset(art, data, "test")
+    images = (b[0] if isinstance(b, list | tuple) else b["image"] for b in DataLoader(dataset, 64))
+    inside, _ = art.ood.check(model_features(art.model, images, torch.device("cpu")))
+    return float(np.mean(inside))
+
+
+def test_phantom_trained_models_count_their_own_test_split_in(trained_artifacts):
+    """Images like the training images are in: the test split (see FLOORS)."""
+    data = trained_artifacts["data"]
+    for task, key in (("synthesis8", "synthesis8"), ("manipulation_density", "localizer")):
+        meta = json.loads((trained_artifacts[task] / "artifact.json").read_text())
+        assert meta["metrics"]["val"]["in_distribution_share"] >= 0.95
+        share = split_in_distribution_share(trained_artifacts[task], data)
+        assert share >= FLOORS[f"{key}_test_in"], (task, share)
+
+
+@pytest.mark.skipif(not REAL_DEV.is_dir(), reason="../shared/data/real-dev is absent")
+def test_phantom_trained_models_answer_uncertain_on_real_scans(trained_artifacts):
+    """Models trained on the embedded phantoms must not call real scans fake or manipulated
+    (issue #10: uncertain for at least 90% of real-dev). Every third scan, to stay quick."""
+    files = sorted(p for p in REAL_DEV.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    files = files[::3]
+    brains = [p for p in files if p.relative_to(REAL_DEV).parts[0] == "brain"]
+    clf = Synthesis8Predictor.from_artifact(trained_artifacts["synthesis8"])
+    loc = DensityPredictor.from_artifact(trained_artifacts["manipulation_density"])
+    for predictor, paths, key in ((clf, files, "synthesis8"), (loc, brains, "localizer")):
+        answers = [r for i in range(0, len(paths), 32) for r in predictor.predict(
+            [p.read_bytes() for p in paths[i : i + 32]]
+        )]  # fmt: skip
+        verdicts = [r["verdict"] for r in answers if isinstance(r, dict)]
+        assert len(verdicts) >= 0.99 * len(paths)
+        uncertain = verdicts.count("uncertain") / len(verdicts)
+        assert uncertain >= FLOORS[f"{key}_real_dev_uncertain"], (key, uncertain)

@@ -217,7 +217,7 @@ def fit_ood(
     from the (un-augmented) training images ``train_idx`` (``groups``: their group ids, None:
     one group), threshold from every ``val`` image, so that ``coverage`` of them count as in."""
 
-    def features(dataset: Any) -> np.ndarray:
+    def features(dataset: Any) -> dict[str, np.ndarray]:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         return model_features(model, (images_of(b) for b in loader), device)
 

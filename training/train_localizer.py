@@ -31,7 +31,7 @@ from medfakedet.models import LOCALIZER_ARCHS, build_localizer
 from medfakedet.preprocess import PreprocessConfig
 from medfakedet.pretrained import init_problem
 from training.augment import DegradationFields
-from training.calibration import PAPER_THRESHOLD, calibrate_localizer
+from training.calibration import PAPER_THRESHOLD, calibrate_localizer, fit_ood
 from training.common import epoch_generator
 from training.config import CONFIG_DIR, build_arg_parser, parse_config_args
 from training.inference import LocalizerPredictions, predict_localizer
@@ -272,7 +272,16 @@ class LocalizerTask(TrainingTask):
             "pixel_iou": val["pixel"]["iou"],
             "n": val["n"],
         }
+        # Abstention: enc1 / enc2 / bottleneck statistics of the training images, cut-off on val.
+        self.ood = fit_ood(
+            model, self.run.clean_train, self.train_indices(self.run.train), None, self.run.val,
+            self.images, self.run.device, self.cfg.eval_batch_size,
+        )  # fmt: skip
+        summary["in_distribution_share"] = self.ood.coverage
         return calibration, summary
+
+    def artifact_info(self) -> dict[str, Any]:
+        return {"ood": self.ood}
 
     def summary(self, calibration: dict[str, Any], val: dict[str, Any]) -> str:
         return (

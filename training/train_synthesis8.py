@@ -26,7 +26,7 @@ from medfakedet.models import build_classifier
 from medfakedet.preprocess import PreprocessConfig
 from medfakedet.pretrained import init_problem
 from training.augment import DegradationFields
-from training.calibration import fit_temperature
+from training.calibration import fit_ood, fit_temperature, grey_zone
 from training.config import CONFIG_DIR, build_arg_parser, parse_config_args
 from training.inference import predict_synthesis8
 from training.loop import LR_SCHEDULES, Precision
@@ -157,6 +157,19 @@ class Synthesis8Task(TrainingTask):
         temperature = fit_temperature(p["logits"], p["labels"])
         val = compute_synthesis8_metrics(p["logits"], p["labels"], temperature)
         cal = val["calibration"]
+        # Abstention: grey zone of P(fake) on val; class-wise feature statistics of the training
+        # images (organ-wise means of the reals alone let the fakes set the cut-off: measured,
+        # it then kept 99% of real-dev "in" for a phantom-trained model).
+        probs = torch.softmax(torch.from_numpy(p["logits"]) / temperature, dim=1).numpy()
+        grey_low, grey_high = grey_zone(
+            probs[:, 1::2].sum(axis=1), probs.argmax(axis=1) % 2 == 1, p["labels"] % 2 == 1
+        )
+        train_idx = self.train_indices(self.run.train)
+        self.ood = fit_ood(
+            model, self.run.clean_train, train_idx,
+            np.asarray(self.run.clean_train.targets)[train_idx], self.run.val,
+            self.images, self.run.device, self.cfg.eval_batch_size,
+        )  # fmt: skip
         summary = {
             "accuracy": val["accuracy"],
             "macro_f1": val["macro_f1"],
@@ -164,8 +177,9 @@ class Synthesis8Task(TrainingTask):
             "real_vs_fake_auc": val["real_vs_fake"]["roc_auc"],
             **{k: cal[k] for k in ("ece_before", "ece_after", "nll_before", "nll_after")},
             "n": val["n"],
+            "in_distribution_share": self.ood.coverage,
         }
-        return {"temperature": temperature}, summary
+        return {"temperature": temperature, "grey_low": grey_low, "grey_high": grey_high}, summary
 
     def training_info(self, train_idx: Sequence[int]) -> dict[str, Any]:
         labels = np.asarray(self.run.train.targets)[list(train_idx)]
@@ -173,7 +187,7 @@ class Synthesis8Task(TrainingTask):
         return {"class_counts_train": {CLASS_NAMES[k]: int(v) for k, v in counts}}
 
     def artifact_info(self) -> dict[str, Any]:
-        return {"class_names": list(CLASS_NAMES)}
+        return {"class_names": list(CLASS_NAMES), "ood": self.ood}
 
     def summary(self, calibration: dict[str, Any], val: dict[str, Any]) -> str:
         return (

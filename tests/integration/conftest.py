@@ -36,7 +36,7 @@ import torch
 from medfakedet.artifacts import save_artifact
 from medfakedet.deploy import Stack, StackConfig, archive_all, free_ports, start, stop
 from medfakedet.models import build_classifier, build_localizer
-from medfakedet.ood import OODStatistics
+from medfakedet.ood import LayerStatistics, OODStatistics
 from medfakedet.preprocess import CLASSIFIER_PREPROCESS, LOCALIZER_PREPROCESS
 
 pytestmark = pytest.mark.integration
@@ -117,8 +117,12 @@ def serving_artifacts(serving_root) -> dict[str, Path]:
             preprocess=CLASSIFIER_PREPROCESS,
             calibration={"temperature": 1.5},
             version="0.0.1-test",
-            # Feature means at 1000: every upload is out of distribution.
-            ood=OODStatistics(np.full((1, 512), 1e3), np.eye(512), np.linspace(0, 1, 20), 1.0),
+            # layer4 feature means at 1000: every upload is out of distribution.
+            ood=OODStatistics(
+                {"layer4": LayerStatistics(np.full((1, 512), 1e3), np.eye(512), np.ones(20))},
+                np.linspace(0.05, 1.0, 20),
+                0.05,
+            ),
         ),
         "manipulation_density": save_artifact(
             root / "manipulation_density",
