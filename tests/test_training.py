@@ -248,8 +248,9 @@ def test_localizer_learns_on_the_small_set(trained_artifacts, quick_floors):
     # The stored thresholds are the validation calibration of the saved weights.
     val, _ = open_dataset(artifact, trained_artifacts["data"], "val")
     val_pred = predict_localizer(artifact.model, val, torch.device("cpu"))
+    # ood_threshold is fitted on features, not on the maps
     assert calibrate_localizer(val_pred, 20)[0] == {
-        k: v for k, v in cal.items() if k != "ood_threshold"  # fitted on features, not maps
+        k: v for k, v in cal.items() if k != "ood_threshold"
     }
     dataset, _ = open_dataset(artifact, trained_artifacts["data"], "test")
     pred = predict_localizer(artifact.model, dataset, torch.device("cpu"))
