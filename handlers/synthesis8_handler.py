@@ -6,7 +6,7 @@ line at start says which folder it came from).
 """
 
 from medfakedet.predictors import Synthesis8Predictor
-from medfakedet.requests import explain_flags, image_items
+from medfakedet.requests import explain_flags, synthesis8_items
 from medfakedet.serving import PredictorHandler
 
 
@@ -16,6 +16,6 @@ class Synthesis8Handler(PredictorHandler):
     predictor_class = Synthesis8Predictor
 
     def answer(self, data, context):
-        items = image_items(data)
+        items, previews = synthesis8_items(data)
         explain = explain_flags(context, len(items))
-        return self.predictor.answer(items, explain), {"explained": sum(explain)}
+        return self.predictor.answer(items, explain, previews), {"explained": sum(explain)}

@@ -13,6 +13,7 @@ artifact without them still loads: its ``ood`` is None and serving never abstain
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class Artifact:
     training: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     ood: OODStatistics | None = None  # None: trained before the statistics existed
+    weights_sha256: str = ""  # of model.safetensors as loaded: the audit trail's model hash
 
 
 def _check_calibration(task: str, calibration: dict[str, Any]) -> dict[str, Any]:
@@ -182,6 +184,7 @@ def load_artifact(artifact_dir: str | Path, device: str | torch.device = "cpu") 
         training=meta.get("training", {}),
         meta=meta,
         ood=ood,
+        weights_sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
     )
 
 

@@ -16,6 +16,8 @@ from medfakedet.imaging import encode_png
 
 #: Largest side of the returned overlay PNGs: enough to look at, small enough to send.
 OVERLAY_MAX_SIDE = 1024
+#: Largest side of ``preview_png``: a thumbnail for pages and reports (DICOM, TIFF, 16-bit PNG).
+PREVIEW_MAX_SIDE = 256
 
 
 def png_base64(array: np.ndarray) -> str:
@@ -57,3 +59,11 @@ def heatmap_overlay(pixels: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -
     base = np.repeat(base, 3, axis=2) if base.shape[2] == 1 else base[..., :3]
     colour = _jet(_resize(heat, size))
     return np.clip((1 - alpha) * base + alpha * colour, 0.0, 1.0)
+
+
+def preview_png(pixels: np.ndarray) -> str:
+    """The decoded image (HxWxC in [0, 1]) as a base64 PNG, longest side <= PREVIEW_MAX_SIDE:
+    what a browser cannot show by itself (DICOM, TIFF, 16-bit PNG), as the model saw it."""
+    h, w = pixels.shape[:2]
+    small = _resize(pixels, _fit(w, h, PREVIEW_MAX_SIDE))
+    return png_base64(small[..., 0] if small.shape[2] == 1 else small[..., :3])

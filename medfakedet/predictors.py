@@ -31,7 +31,7 @@ from medfakedet.imaging import (
 )
 from medfakedet.labels import CLASS_NAMES
 from medfakedet.ood import captured_features, stacked
-from medfakedet.overlays import heatmap_overlay, png_base64
+from medfakedet.overlays import heatmap_overlay, png_base64, preview_png
 from medfakedet.preprocess import preprocess_batch
 from medfakedet.runtime import autocast, select_device
 from medfakedet.schema import (
@@ -158,6 +158,14 @@ class _Predictor:
                 results[i] = result
         return results
 
+    def _stamp(self, result: dict, image: DecodedImage, preview: bool) -> dict:
+        """Add the served weights' sha256 (chain of custody) and, when asked, the preview."""
+        if self.artifact.weights_sha256:
+            result["model_sha256"] = self.artifact.weights_sha256
+        if preview:
+            result["preview_png"] = preview_png(image.pixels)
+        return result
+
     def warmup(self, size: int = 160) -> None:
         """Run one PNG through decode -> model -> postprocess, so the first request is not slow
         and a broken model fails at load time instead of on a user's request."""
@@ -189,14 +197,20 @@ class Synthesis8Predictor(_Predictor):
             float(cal.get("grey_high", NO_GREY_ZONE[1])),
         )
 
-    def predict(self, items: Sequence[Item]) -> list[dict | PredictionError]:
-        """One result per item: class, organ, calibrated P(fake) and all 8 probabilities."""
+    def predict(
+        self, items: Sequence[Item], previews: Sequence[bool] | None = None
+    ) -> list[dict | PredictionError]:
+        """One result per item: class, organ, calibrated P(fake) and all 8 probabilities
+        (and ``preview_png`` where ``previews[i]``)."""
+        wants = list(previews) if previews is not None else [False] * len(items)
 
-        def postprocess(_indices, _images, logits, checks):
+        def postprocess(indices, images, logits, checks):
             probs = torch.softmax(logits / self.temperature, dim=1).numpy()
             return [
-                synthesis8_result(p, self.model_version, check, self.grey_zone)
-                for p, check in zip(probs, checks, strict=True)
+                self._stamp(
+                    synthesis8_result(p, self.model_version, check, self.grey_zone), im, wants[i]
+                )
+                for i, im, p, check in zip(indices, images, probs, checks, strict=True)
             ]
 
         return self._predict(items, postprocess)
@@ -211,22 +225,28 @@ class Synthesis8Predictor(_Predictor):
         return [self._explain_one(self._decode(item)) for item in items]
 
     def answer(
-        self, items: Sequence[Item], explain: Sequence[bool]
+        self,
+        items: Sequence[Item],
+        explain: Sequence[bool],
+        previews: Sequence[bool] | None = None,
     ) -> list[dict | PredictionError]:
-        """Predict the items whose flag is False and explain the others, in one call.
+        """Predict the items whose flag is False and explain the others, in one call
+        (``previews[i]``: add ``preview_png`` to item i).
 
         TorchServe may batch ``/predictions`` and ``/explanations`` requests together, so the
         choice is made per item, not per batch.
         """
         if len(explain) != len(items):
             raise ValueError(f"{len(items)} items but {len(explain)} explain flags")
-        plain = iter(self.predict([it for it, e in zip(items, explain, strict=True) if not e]))
-        return [
-            self._explain_one(self._decode(it)) if e else next(plain)
-            for it, e in zip(items, explain, strict=True)
-        ]
+        wants = list(previews) if previews is not None else [False] * len(items)
+        rows = list(zip(items, explain, wants, strict=True))
+        kept = [(it, w) for it, e, w in rows if not e]
+        plain = iter(self.predict([it for it, _ in kept], [w for _, w in kept]))
+        return [self._explain_one(self._decode(it), w) if e else next(plain) for it, e, w in rows]
 
-    def _explain_one(self, image: DecodedImage | PredictionError) -> dict | PredictionError:
+    def _explain_one(
+        self, image: DecodedImage | PredictionError, preview: bool = False
+    ) -> dict | PredictionError:
         if isinstance(image, PredictionError):
             return image
         captured: dict[str, torch.Tensor] = {}
@@ -251,7 +271,7 @@ class Synthesis8Predictor(_Predictor):
         result = synthesis8_result(probs, self.model_version, check, self.grey_zone)
         result["explanation"] = explanation(target, "layer4")
         result["heatmap_png"] = png_base64(heatmap_overlay(image.pixels, cam.cpu().numpy()))
-        return result
+        return self._stamp(result, image, preview)
 
 
 class DensityPredictor(_Predictor):
@@ -301,4 +321,4 @@ class DensityPredictor(_Predictor):
         if p.return_density:
             result["density_png"] = png_base64(density)
             result["heatmap_png"] = png_base64(heatmap_overlay(image.pixels, density))
-        return result
+        return self._stamp(result, image, p.preview)

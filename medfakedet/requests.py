@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from medfakedet.schema import DENSITY_FIELDS, DensityParams, PredictionError
+from medfakedet.schema import DENSITY_FIELDS, SYNTHESIS8_FIELDS, DensityParams, PredictionError
 
 #: Keys that may carry the image: the paper's form field first, then raw-body keys.
 IMAGE_FIELDS: tuple[str, ...] = ("image", "body", "data", "file")
@@ -199,7 +199,8 @@ def parse_bool(value: Any, name: str) -> bool:
 def parse_density_params(
     fields: Mapping[str, Any], defaults: DensityParams, max_area: int
 ) -> DensityParams:
-    """``thr``, ``min_area`` and ``return_density`` over the artifact's calibrated defaults.
+    """``thr``, ``min_area``, ``return_density`` and ``preview`` over the artifact's calibrated
+    defaults.
 
     An empty form field (a cleared input box) means "use the default".
     """
@@ -216,19 +217,30 @@ def parse_density_params(
             if "return_density" in given
             else defaults.return_density
         ),
+        preview=parse_bool(given["preview"], "preview") if "preview" in given else False,
     )
 
 
 # ------------------------------------------------------------------------------ whole batches
 def image_items(rows: Sequence[Any]) -> list[bytes | PredictionError]:
     """The image bytes of each row of an image-only endpoint, or that row's 400."""
+    return synthesis8_items(rows)[0]
+
+
+def synthesis8_items(rows: Sequence[Any]) -> tuple[list[bytes | PredictionError], list[bool]]:
+    """Image bytes (or that row's 400) and the ``preview`` flag of each row of synthesis8."""
     items: list[bytes | PredictionError] = []
+    previews: list[bool] = []
     for row in rows:
         try:
-            items.append(parse_row(row).image)
+            parsed = parse_row(row, SYNTHESIS8_FIELDS)
+            given = parsed.fields.get("preview", "")
+            previews.append(given != "" and parse_bool(given, "preview"))
+            items.append(parsed.image)
         except RequestError as e:
             items.append(PredictionError(e.status, e.message))
-    return items
+            previews.append(False)
+    return items, previews
 
 
 def density_items(

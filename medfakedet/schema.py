@@ -34,7 +34,9 @@ from medfakedet.verdict import (
 )
 
 #: Parameter fields of the manipulation_density endpoint (names of the paper's form).
-DENSITY_FIELDS: tuple[str, ...] = ("thr", "min_area", "return_density")
+DENSITY_FIELDS: tuple[str, ...] = ("thr", "min_area", "return_density", "preview")
+#: Parameter fields of synthesis8: ``preview`` asks for ``preview_png`` (any accepted format).
+SYNTHESIS8_FIELDS: tuple[str, ...] = ("preview",)
 #: Decimal places of the probabilities and the presence score in a result.
 ROUND = 6
 
@@ -67,11 +69,13 @@ class DensityParams:
         min_area: smallest region kept, in pixels of the model's input grid (128 x 128, as the
             paper's ``min_area``), so one value means the same on every upload size.
         return_density: add the density map (gray PNG) and a colour overlay to the result.
+        preview: add ``preview_png``, the decoded image as a small PNG (form field ``preview``).
     """
 
     threshold: float = maps.DENSITY_BOX_LEVEL
     min_area: int = 20
     return_density: bool = False
+    preview: bool = False
 
     def __post_init__(self) -> None:
         t = self.threshold
@@ -160,7 +164,8 @@ class ImageSize(BaseModel):
 
 
 class InDistributionFields(BaseModel):
-    """The in-distribution check, common to both results (null: the model has no statistics)."""
+    """Common to both results: the in-distribution check (null: the model has no statistics),
+    the served weights' sha256 and, on request, a preview of the decoded image."""
 
     in_distribution: bool | None = Field(
         description="the image is like the model's training images (the calibrated cut-off "
@@ -170,6 +175,8 @@ class InDistributionFields(BaseModel):
         description="share of the validation images at least as far from the training images "
         "(1: typical, 0: further than all of them); null when the model has no such statistics"
     )
+    model_sha256: str = _optional("sha256 of the served weights file (model.safetensors)")
+    preview_png: str = _optional("base64 PNG of the decoded image, longest side <= 256 (preview)")
 
 
 class Explanation(BaseModel):
@@ -291,10 +298,10 @@ class _DensityFields(BaseModel):
 class ImageForm(BaseModel):
     model_config = _STRICT
     image: ImageField
+    preview: bool = Field(False, description="add preview_png (the decoded image, small)")
 
 
-class ImageJson(BaseModel):
-    model_config = _STRICT
+class ImageJson(ImageForm):
     image: ImageBase64
 
 

@@ -176,3 +176,28 @@ def test_archive_files_import_without_the_source_tree(s8_dir, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_preview_and_model_hash_on_request(s8_dir, density_dir):
+    """``preview`` adds the decoded image as a small PNG (a 16-bit PNG that browsers show badly,
+    here a ramp over 0..65535); every result carries the weights' sha256."""
+    import hashlib
+
+    ramp = np.tile(np.linspace(0, 65535, 600), (300, 1)).astype(np.uint16)  # left to right
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    data = buf.getvalue()
+    clf = Synthesis8Predictor.from_artifact(s8_dir)
+    sha = hashlib.sha256((Path(s8_dir) / "model.safetensors").read_bytes()).hexdigest()
+    plain, previewed, explained = clf.answer([data, data, data], [False, False, True], [0, 1, 1])
+    assert "preview_png" not in plain and plain["model_sha256"] == sha
+    assert previewed["model_sha256"] == explained["model_sha256"] == sha
+    for r in (previewed, explained):
+        thumb = Image.open(io.BytesIO(base64.b64decode(r["preview_png"])))
+        assert thumb.size == (256, 128)  # the aspect kept, longest side 256
+        row = np.asarray(thumb.convert("L"))[64]
+        assert row[0] < 10 and row[-1] > 245 and np.all(np.diff(row.astype(int)) >= 0)
+    loc = DensityPredictor.from_artifact(density_dir)
+    (r,) = loc.predict([data], [DensityParams(preview=True)])
+    assert Image.open(io.BytesIO(base64.b64decode(r["preview_png"]))).size == (256, 128)
+    assert r["model_sha256"] != sha and len(r["model_sha256"]) == 64

@@ -19,6 +19,7 @@ from medfakedet.requests import (
     parse_row,
     parse_threshold,
     responses,
+    synthesis8_items,
 )
 from medfakedet.schema import DENSITY_FIELDS, DensityParams, PredictionError
 
@@ -139,6 +140,18 @@ class _Ctx:
 
     def get_request_header(self, idx, key):
         return self.headers[idx].get(key)
+
+
+def test_preview_flag_per_row_of_both_endpoints():
+    rows = [{"image": PNG, "preview": b"true"}, {"image": PNG}, {"image": PNG, "preview": b"x"}]
+    items, previews = synthesis8_items(rows)
+    assert previews == [True, False, False] and items[:2] == [PNG, PNG]
+    assert isinstance(items[2], PredictionError) and "preview must be true or false" in (
+        items[2].message
+    )
+    _, params = density_items(rows[:2], DEFAULTS, 16384)
+    assert [p.preview for p in params] == [True, False]
+    assert params[0].threshold == DEFAULTS.threshold  # preview alone changes nothing else
 
 
 def test_explain_flags_are_per_request():

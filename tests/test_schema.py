@@ -228,7 +228,7 @@ def test_committed_openapi_documents_are_current_and_valid():
     }
     form = doc["components"]["schemas"]["DensityForm"]
     assert form["required"] == ["image"]
-    assert list(form["properties"]) == ["image", "thr", "min_area", "return_density"]
+    assert list(form["properties"]) == ["image", "preview", "thr", "min_area", "return_density"]
 
 
 def component_validator(doc: dict, name: str) -> jsonschema.Draft202012Validator:
