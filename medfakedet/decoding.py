@@ -45,6 +45,12 @@ class PayloadTooLargeError(ImageDecodeError):
     status = 413
 
 
+class DecodeTimeoutError(ImageDecodeError):
+    """Decoding took longer than ``DecodeLimits.max_seconds``."""
+
+    status = 413
+
+
 class UnsupportedImageError(ImageDecodeError):
     """A real image we cannot decode: other formats, compressed DICOM without a decoder, modes."""
 
@@ -64,9 +70,64 @@ class DecodeLimits:
 
     max_bytes: int = 50 * 2**20
     max_pixels: int = 8192 * 8192
+    #: Bytes the first frame needs once decoded at full size (width x height x bytes per pixel
+    #: as the decoder stores it), checked from the header before decoding: 8192 x 8192 RGB fits.
+    max_decoded_bytes: int = 256 * 2**20
+    #: Seconds one image may take to decode (None: no limit). Checked between the decoder's
+    #: chunks (SIGALRM, main thread only), so one long C call can overrun it.
+    max_seconds: float | None = None
+    #: Decode large images at reduced scale, keeping the shorter side at least this long (JPEG
+    #: by DCT scaling, others by an integer box filter). ``width`` / ``height`` stay the
+    #: uploaded size. None: full resolution (training, evaluation).
+    working_side: int | None = None
 
 
 DEFAULT_LIMITS = DecodeLimits()
+#: What the TorchServe workers use: the model sees 224 px at most, so 512 px is plenty, and an
+#: upload then costs at most about one full-size decoded frame of memory for a moment.
+SERVING_LIMITS = DecodeLimits(max_seconds=4.0, working_side=512)
+
+
+def reduce_factor(width: int, height: int, limits: DecodeLimits) -> int:
+    """The integer factor that keeps the shorter side >= ``limits.working_side`` (1: none),
+    or more for a very long image: a reduced image keeps at most ``4 * working_side**2`` pixels
+    (1 M at 512, 12 MiB as float32 RGB), so a batch of 8 holds at most about 100 MiB of images
+    besides the one frame being decoded."""
+    if not limits.working_side:
+        return 1
+    side = limits.working_side
+    by_area = math.ceil(math.sqrt(width * height / (4 * side * side)))
+    return max(1, min(width, height) // side, by_area)
+
+
+def block_reduce(arr: np.ndarray, k: int) -> np.ndarray:
+    """Mean of ``k x k`` blocks of an ``H x W (x C)`` array, as float32, in strips of rows so
+    that the float copy never holds more than a few million values (the last partial block
+    row/column, fewer than ``k`` pixels, is dropped)."""
+    if k <= 1:
+        return arr
+    h, w = (arr.shape[0] // k) * k, (arr.shape[1] // k) * k
+    rest = arr.shape[2:]
+    out = np.empty((h // k, w // k, *rest), dtype=np.float32)
+    per_row = max(1, w * k * int(np.prod(rest, dtype=np.int64)))
+    step = max(1, (1 << 22) // per_row)
+    for r in range(0, h // k, step):
+        strip = arr[r * k : (r + step) * k, :w].astype(np.float32)
+        out[r : r + step] = strip.reshape(-1, k, w // k, k, *rest).mean(axis=(1, 3))
+    return out
+
+
+def check_decoded_bytes(
+    width: int, height: int, bytes_per_pixel: int, limits: DecodeLimits
+) -> None:
+    """Reject a frame whose decoded size would exceed ``limits.max_decoded_bytes`` (413)."""
+    n = width * height * bytes_per_pixel
+    if n > limits.max_decoded_bytes:
+        raise TooManyPixelsError(
+            f"image is {width}x{height} pixels at {bytes_per_pixel} bytes each "
+            f"({n / 2**20:,.0f} MiB decoded); the limit is "
+            f"{limits.max_decoded_bytes / 2**20:,.0f} MiB decoded per image"
+        )
 
 
 def pixel_limit_text(max_pixels: int) -> str:

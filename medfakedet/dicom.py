@@ -22,6 +22,7 @@ import numpy as np
 import pydicom
 import pydicom.pixels as dicom_pixels
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -32,9 +33,19 @@ from medfakedet.decoding import (
     NotAnImageError,
     TruncatedImageError,
     UnsupportedImageError,
+    block_reduce,
+    check_decoded_bytes,
     check_pixel_count,
     min_max_scaled,
+    reduce_factor,
     scaled,
+)
+from medfakedet.dicom_guard import (
+    RLE,
+    check_frame_header,
+    check_rle_frame,
+    meta_transfer_syntax,
+    refuse_deflate,
 )
 
 __all__ = ["decode_dicom", "dicom_gray"]
@@ -84,6 +95,7 @@ def decode_dicom(data: bytes, limits: DecodeLimits, *, force: bool) -> DecodedIm
         ImageDecodeError: one of its subclasses, with ``.status`` 400, 413 or 415.
     """
     bad = NotAnImageError if force else TruncatedImageError
+    refuse_deflate(meta_transfer_syntax(data))  # pydicom would inflate it all while reading
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=force)
     except _PARSE_ERRORS as exc:
@@ -93,18 +105,31 @@ def decode_dicom(data: bytes, limits: DecodeLimits, *, force: bool) -> DecodedIm
     try:
         rows, cols, bits_stored = ds.get("Rows"), ds.get("Columns"), ds.get("BitsStored")
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    except _PARSE_ERRORS as exc:
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        bits_allocated = int(ds.get("BitsAllocated") or 16)
+    except (*_PARSE_ERRORS, TypeError) as exc:
         raise TruncatedImageError(f"DICOM image header is corrupt ({exc})") from None
     if not rows or not cols:
         raise TruncatedImageError("DICOM file has pixel data but no Rows/Columns")
-    check_pixel_count(int(cols), int(rows), limits)  # before touching the pixel data
+    rows, cols = int(rows), int(cols)
+    check_pixel_count(cols, rows, limits)  # before touching the pixel data
+    if samples not in (1, 3) or bits_allocated not in (1, 8, 16, 32, 64):
+        raise UnsupportedImageError(
+            f"DICOM Samples per Pixel {samples} / Bits Allocated {bits_allocated} is not "
+            "supported; accepted: 1 or 3 samples of 1, 8, 16, 32 or 64 bits"
+        )
+    sample_bytes = max(1, bits_allocated // 8)
+    check_decoded_bytes(cols, rows, samples * sample_bytes, limits)
     if photometric not in _DICOM_GRAY | _DICOM_COLOUR:
         raise UnsupportedImageError(
             f"DICOM PhotometricInterpretation {photometric!r} is not supported; accepted: "
             "MONOCHROME1, MONOCHROME2, RGB, YBR_FULL(_422)"
         )
 
-    raw = _first_frame(ds)
+    raw = _first_frame(ds, rows, cols, samples * sample_bytes)
+    k = reduce_factor(cols, rows, limits)
+    if k > 1:  # integer stored values stay integers: LUTs index with them
+        raw = np.rint(block_reduce(raw, k)).astype(raw.dtype)
     if photometric in _DICOM_COLOUR:
         if raw.ndim != 3 or raw.shape[2] != 3:
             raise TruncatedImageError(f"DICOM {photometric} frame has shape {raw.shape}, not HxWx3")
@@ -118,12 +143,31 @@ def decode_dicom(data: bytes, limits: DecodeLimits, *, force: bool) -> DecodedIm
             pixels = 1.0 - pixels  # MONOCHROME1: minimum value is white
         pixels = pixels[:, :, None]
     pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-    h, w = pixels.shape[:2]
-    return DecodedImage(pixels=pixels, width=w, height=h, format="DICOM", mode=photometric)
+    return DecodedImage(pixels=pixels, width=cols, height=rows, format="DICOM", mode=photometric)
 
 
-def _first_frame(ds: Dataset) -> np.ndarray:
-    """The stored values of frame 0, or a 415 / 400 that names the transfer syntax or the fault."""
+def _check_compressed_frame(
+    ds: Dataset, transfer_syntax: UID, rows: int, cols: int, segments: int
+) -> None:
+    """Bound an encapsulated frame 0 before it is decoded: RLE expansion, JPEG header size."""
+    if not transfer_syntax.is_encapsulated:
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
+    except Exception as exc:  # pydicom raises several types on broken fragment tables
+        raise TruncatedImageError(f"DICOM pixel data is truncated or corrupt ({exc})") from None
+    if transfer_syntax == RLE:
+        check_rle_frame(frame, rows, cols, segments)
+    else:
+        check_frame_header(frame, str(transfer_syntax), rows, cols)
+
+
+def _first_frame(ds: Dataset, rows: int, cols: int, segments: int) -> np.ndarray:
+    """The stored values of frame 0, or a 415 / 400 that names the transfer syntax or the fault.
+
+    ``segments``: bytes per pixel (samples x bytes per sample), the RLE segment count.
+    """
     transfer_syntax = _transfer_syntax(ds)
     try:
         decoder = dicom_pixels.get_decoder(transfer_syntax)
@@ -138,6 +182,7 @@ def _first_frame(ds: Dataset) -> np.ndarray:
             f"decoder that is not installed ({'; '.join(decoder.missing_dependencies)}); "
             "send uncompressed DICOM, PNG or TIFF instead"
         )
+    _check_compressed_frame(ds, transfer_syntax, rows, cols, segments)
     try:
         return dicom_pixels.pixel_array(ds, index=0)
     except MemoryError:

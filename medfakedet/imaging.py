@@ -32,8 +32,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from medfakedet.deadline import time_limit
 from medfakedet.decoding import (
     DEFAULT_LIMITS,
     DecodedImage,
@@ -45,9 +46,11 @@ from medfakedet.decoding import (
     TooManyPixelsError,
     TruncatedImageError,
     UnsupportedImageError,
+    check_decoded_bytes,
     check_pixel_count,
     min_max_scaled,
     pixel_limit_text,
+    reduce_factor,
     scaled,
 )
 from medfakedet.dicom import decode_dicom
@@ -76,6 +79,17 @@ ACCEPTED_FORMATS = (*_PIL_FORMATS, "DICOM")
 _ACCEPTED_TEXT = "PNG (8/16-bit), JPEG, BMP, TIFF (8/16-bit) or DICOM (uncompressed or JPEG/RLE)"
 
 _ORIENTATION_TAG = 0x0112
+#: EXIF orientation -> the transposition that shows the image as a viewer does (as
+#: ``ImageOps.exif_transpose``).
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 # ------------------------------------------------------------------------------------ public API
@@ -85,7 +99,7 @@ def decode_image(
     """Decode image bytes into a float32 ``H x W x C`` array in [0, 1].
 
     JPEG/TIFF/PNG files carrying an EXIF orientation are rotated/flipped
-    (``ImageOps.exif_transpose``) so that pixels, sizes and any boxes computed on them match what
+    (as ``ImageOps.exif_transpose``) so that pixels, sizes and any boxes computed on them match what
     the user sees in a viewer. 16-bit PNG/TIFF are scaled by 65535 (not min-max) to keep their
     brightness; float (mode F) images are min-max scaled. Transparent images (RGBA, LA, palette
     with transparency) are composited over black: transparent pixels carry no image content, and
@@ -111,9 +125,10 @@ def decode_image(
         raise PayloadTooLargeError(_too_many_bytes_message(len(data), limits.max_bytes))
     data = bytes(data) if isinstance(data, memoryview) else data
 
-    if _has_dicom_magic(data):
-        return decode_dicom(data, limits, force=False)
-    return _decode_pil(data, limits)
+    with time_limit(limits.max_seconds):
+        if _has_dicom_magic(data):
+            return decode_dicom(data, limits, force=False)
+        return _decode_pil(data, limits)
 
 
 def load_image_file(
@@ -245,18 +260,49 @@ def _decode_pil(data: bytes, limits: DecodeLimits) -> DecodedImage:
             ) from None
 
         with im:
-            check_pixel_count(im.width, im.height, limits)  # before any pixel data is decoded
+            width, height = im.size
+            check_pixel_count(width, height, limits)  # before any pixel data is decoded
             fmt, source_mode = str(im.format), im.mode
+            if fmt == "JPEG" and limits.working_side:  # DCT scaling: 1/2, 1/4 or 1/8 size
+                im.draft(im.mode, (limits.working_side, limits.working_side))
+            check_decoded_bytes(*im.size, _stored_bytes_per_pixel(im.mode), limits)
+            orientation = _exif_orientation(im)
             try:
                 im.load()
             except _PIL_CORRUPT as exc:
                 raise TruncatedImageError(
                     f"{fmt} file is truncated or corrupt ({exc}); send the complete file"
                 ) from None
-            im = _apply_exif_orientation(im)
+            im = _reduced(im, reduce_factor(*im.size, limits))
+            if orientation in _EXIF_TRANSPOSE:
+                im = im.transpose(_EXIF_TRANSPOSE[orientation])
             pixels = _pil_to_pixels(im)
-    h, w = pixels.shape[:2]
-    return DecodedImage(pixels=pixels, width=w, height=h, format=fmt, mode=source_mode)
+    if orientation in (5, 6, 7, 8):  # a quarter turn: the viewer's width is the stored height
+        width, height = height, width
+    return DecodedImage(pixels=pixels, width=width, height=height, format=fmt, mode=source_mode)
+
+
+def _stored_bytes_per_pixel(mode: str) -> int:
+    """Bytes PIL keeps per pixel: 1 for 1/L/P, 2 for I;16*, 4 for the rest (RGB is RGBX)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def _reduced(im: Image.Image, k: int) -> Image.Image:
+    """``im`` shrunk by an integer box filter (1: unchanged), in a mode that keeps its meaning
+    for :func:`_pil_to_pixels` (16-bit stays on the 16-bit scale, gray palettes stay gray)."""
+    if k <= 1:
+        return im
+    if im.mode == "1":
+        im = im.convert("L")
+    elif im.mode.startswith("I;16"):
+        im = im.convert("I")
+    elif im.mode in ("P", "PA"):
+        alpha = im.mode == "PA" or "transparency" in im.info
+        gray = _palette_is_gray(im)
+        im = im.convert(("LA" if alpha else "L") if gray else ("RGBA" if alpha else "RGB"))
+    return im.reduce(k)
 
 
 def _decode_unidentified(data: bytes, limits: DecodeLimits) -> DecodedImage:
@@ -287,14 +333,12 @@ def _identify_any_pil_format(data: bytes) -> str | None:
         return None
 
 
-def _apply_exif_orientation(im: Image.Image) -> Image.Image:
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1..8; 1 = as stored), read before any reduction drops the EXIF."""
     try:
-        orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+        return int(im.getexif().get(_ORIENTATION_TAG, 1))
     except Exception:  # corrupt EXIF: show the pixels as stored
-        return im
-    if orientation in (2, 3, 4, 5, 6, 7, 8):
-        return ImageOps.exif_transpose(im)
-    return im
+        return 1
 
 
 def _over_black(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -9,13 +9,17 @@ how its requests become predictions (:meth:`PredictorHandler.answer`). No TorchS
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from typing import Any
 
+from medfakedet.decoding import SERVING_LIMITS
 from medfakedet.predictors import package_dirs
 from medfakedet.requests import responses
 from medfakedet.runtime import select_device
+from medfakedet.schema import PredictionError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,9 @@ class PredictorHandler:
     def initialize(self, context: Any) -> None:
         props = context.system_properties
         device = select_device(props.get("gpu_id"))
-        self.predictor = self.predictor_class.from_artifact(props["model_dir"], device)
+        self.predictor = self.predictor_class.from_artifact(
+            props["model_dir"], device, limits=SERVING_LIMITS
+        )
         self.predictor.warmup()  # the worker is READY only once it can answer
         logger.info(
             "%s ready: version=%s device=%s medfakedet_dirs=%s",
@@ -45,9 +51,9 @@ class PredictorHandler:
         """One result (dict or PredictionError) per request row, and counts to log."""
         raise NotImplementedError
 
-    def handle(self, data: list, context: Any) -> list[dict]:
+    def handle(self, data: list, context: Any) -> list[bytes]:
         start = time.perf_counter()
-        results, counts = self.answer(data, context)
+        results, counts = self._answer_each(data, context)
         extra = "".join(f" {k}={v}" for k, v in counts.items())
         logger.info(
             "%s batch_size=%d%s ms=%.1f",
@@ -56,4 +62,61 @@ class PredictorHandler:
             extra,
             (time.perf_counter() - start) * 1000,
         )
-        return responses(results, context.set_response_status)
+        results = [strict_or_error(r) for r in results]
+        bodies = [strict_json(b) for b in responses(results, context.set_response_status)]
+        for idx in range(len(bodies)):
+            context.set_response_content_type(idx, "application/json")
+        return bodies
+
+    def _answer_each(self, data: list, context: Any) -> tuple[list, dict[str, int]]:
+        """:meth:`answer` for the batch; should it raise, each request alone, so that an
+        exception (a bug that some input reaches) fails only its own request: an exception out
+        of ``handle`` would fail the whole batch with TorchServe's 503."""
+        try:
+            return self.answer(data, context)
+        except Exception:
+            logger.exception("batch of %d failed; answering its requests one by one", len(data))
+        results: list = []
+        for idx, row in enumerate(data):
+            try:
+                (result,), _ = self.answer([row], RowContext(context, idx))
+            except Exception:
+                logger.exception("request %d of the batch failed on its own", idx)
+                result = PredictionError(500, "internal error while answering this request")
+            results.append(result)
+        return results, {"isolated": len(data)}
+
+
+class RowContext:
+    """TorchServe's context seen from one request of a batch (index 0 is request ``idx``)."""
+
+    def __init__(self, context: Any, idx: int) -> None:
+        self.context, self.idx = context, idx
+
+    def get_request_header(self, _idx: int, key: str) -> Any:
+        return self.context.get_request_header(self.idx, key)
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def strict_or_error(result: Any) -> Any:
+    """A result holding NaN or infinity (not JSON) becomes that request's 422."""
+    if isinstance(result, PredictionError) or _finite(result):
+        return result
+    logger.warning("a result held a non-finite number; answered 422")
+    return PredictionError(
+        422, "the image gave a non-finite score (NaN or infinity); check its pixel values"
+    )
+
+
+def strict_json(body: Any) -> bytes:
+    """Standard JSON (no NaN / Infinity literals) as UTF-8; TorchServe sends bytes as they are."""
+    return json.dumps(body, allow_nan=False, separators=(",", ":")).encode("utf-8")

@@ -3,6 +3,7 @@ attributes, real encoded images, one response per request, per-item statuses, ba
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -21,12 +22,24 @@ class Context:
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": None}
         self.headers = headers or []
         self.statuses: dict[int, tuple[int, str]] = {}
+        self.content_types: dict[int, str] = {}
 
     def get_request_header(self, idx: int, key: str):
         return self.headers[idx].get(key)
 
     def set_response_status(self, code: int, phrase: str, idx: int) -> None:
         self.statuses[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.content_types[idx] = value
+
+
+def handled(handler, rows: list, ctx: Context) -> list[dict]:
+    """``handler.handle`` answers strict JSON bytes, each typed application/json: parsed."""
+    out = handler.handle(rows, ctx)
+    assert all(isinstance(b, bytes) for b in out)
+    assert ctx.content_types == dict.fromkeys(range(len(rows)), "application/json")
+    return [json.loads(b, parse_constant=pytest.fail) for b in out]
 
 
 def _png(seed: int) -> bytes:
@@ -40,7 +53,7 @@ def test_synthesis8_handler_answers_each_row_and_logs_the_batch(s8_dir, caplog):
     rows = [{"image": _png(1)}, {"body": b"not an image"}, {"data": _png(2)}]
     ctx = Context(s8_dir, headers=[{}, {}, {"explain": "True"}])
     with caplog.at_level(logging.INFO):
-        out = handler.handle(rows, ctx)
+        out = handled(handler, rows, ctx)
     assert len(out) == 3
     assert out[0]["class_name"] and "heatmap_png" not in out[0]
     assert out[1]["status"] == 400 and ctx.statuses.keys() == {1}
@@ -59,7 +72,7 @@ def test_density_handler_applies_per_row_params(density_dir, caplog):  # noqa: F
     rows = [{"image": image}, {"image": image, "thr": "0.99"}, {"image": image, "thr": "2"}]
     ctx = Context(density_dir)
     with caplog.at_level(logging.INFO):
-        out = handler.handle(rows, ctx)
+        out = handled(handler, rows, ctx)
     assert out[0]["count"] == 1 and out[0]["is_manipulated"] is True
     assert out[1]["threshold"] == 0.99
     assert out[2]["status"] == 400 and ctx.statuses[2][0] == 400
