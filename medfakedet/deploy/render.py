@@ -77,8 +77,12 @@ def render_torchserve_config(cfg: StackConfig) -> tuple[Path, bool]:
     return out, token_auth
 
 
-def render_nginx_config(cfg: StackConfig) -> Path:
-    """Write ``run/nginx.conf`` (and the temp folders it names) from ``config/nginx.conf``."""
+def render_nginx_config(cfg: StackConfig, host: str = "127.0.0.1") -> Path:
+    """Write ``run/nginx.conf`` (and the temp folders it names) from ``config/nginx.conf``.
+
+    ``host`` is the address nginx listens on: loopback for ``make serve``, ``0.0.0.0`` in a
+    container, where nginx is the only door (:mod:`medfakedet.deploy.container`).
+    """
     run = cfg.run_dir
     for sub in NGINX_TEMP_DIRS:
         (run / "nginx" / sub).mkdir(parents=True, exist_ok=True)
@@ -89,6 +93,7 @@ def render_nginx_config(cfg: StackConfig) -> Path:
         "LOG_DIR": str(Path(cfg.log_dir).resolve()),
         "WEB_ROOT": str(Path(cfg.web_root).resolve()),
         "INFERENCE_PORT": str(cfg.ports["inference"]),
+        "NGINX_HOST": host,
         "NGINX_PORT": str(cfg.ports["nginx"]),
     }
     out = run / "nginx.conf"
