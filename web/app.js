@@ -1,12 +1,13 @@
 // MedFakeDet page: upload an image, show both models' answers. Plain JS, no dependencies.
-// The page is served by nginx on the same origin as the API:
-//   POST /detect/synthesis8            multipart: image
-//   POST /detect/manipulation_density  multipart: image, thr, min_area, return_density
+// api.js holds the server URL, the token and the POST helper; batch.js the batch table. One
+// file opens here; several files or a folder go to the batch table, whose rows open here.
 "use strict";
 
 (function () {
+  const api = window.MedFakeDet;
   const ENDPOINT_SYNTHESIS = "/detect/synthesis8";
   const ENDPOINT_DENSITY = "/detect/manipulation_density";
+  const ENDPOINT_EXPLAIN = "/explanations/synthesis8";
   const MAX_DISPLAY = 640; // largest side of the drawn image, CSS pixels
   const REQUERY_DELAY_MS = 250;
 
@@ -14,6 +15,11 @@
   const el = {
     dropzone: $("dropzone"),
     input: $("file-input"),
+    folderInput: $("folder-input"),
+    chooseFolder: $("choose-folder"),
+    thrReset: $("thr-reset"),
+    showGradcam: $("show-gradcam"),
+    verdictSummary: $("verdict-summary"),
     fileName: $("file-name"),
     always: $("localize-always"),
     thr: $("thr"),
@@ -37,6 +43,7 @@
     organBars: $("organ-bars"),
     classProbs: $("class-probs"),
     synthesisVersion: $("synthesis-version"),
+    results: $("results"),
     density: $("density"),
     densitySkipped: $("density-skipped"),
     densitySkippedText: $("density-skipped-text"),
@@ -55,16 +62,20 @@
   // Everything about the current upload; `token` makes late answers of older uploads harmless.
   const state = {
     file: null,
-    preview: null, // HTMLImageElement when the browser can decode the file (not DICOM/TIFF)
+    preview: null, // HTMLImageElement: the browser's own decode, or the server's preview_png
+    previewFrom: "none", // "browser" | "server" | "none"
     synthesis: null,
     density: null,
     heatmap: null, // HTMLImageElement of density.heatmap_png
+    gradcam: null, // HTMLImageElement of the Grad-CAM heatmap_png
     token: 0,
     densityAbort: null,
+    thrCalibrated: null, // the localizer's calibrated box threshold, from its first answer
+    thrMoved: false, // true once the user moved the slider: only then is thr sent
   };
 
   // ------------------------------------------------------------------------------ helpers
-  const pct = (p) => `${(100 * p).toFixed(1)}%`;
+  const pct = api.pct;
 
   function showError(title, message) {
     el.alertTitle.textContent = title;
@@ -80,48 +91,6 @@
   function setStatus(text, busy) {
     el.status.textContent = text;
     el.status.classList.toggle("busy", Boolean(busy));
-  }
-
-  // POST a multipart form; resolve with the JSON body or throw an Error whose message is the
-  // server's own (TorchServe answers 4xx with {code, type, message}; nginx may answer HTML).
-  async function postForm(url, form, signal) {
-    let response;
-    try {
-      response = await fetch(url, { method: "POST", body: form, signal });
-    } catch (err) {
-      if (err.name === "AbortError") throw err;
-      throw new Error(`Could not reach the server (${err.message}).`);
-    }
-    const text = await response.text();
-    let body = null;
-    try {
-      body = JSON.parse(text);
-    } catch (_) {
-      body = null;
-    }
-    if (!response.ok) {
-      let message = body && (body.message || body.error);
-      if (!message) {
-        const plain = text.replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim();
-        message = plain.slice(0, 300) || response.statusText || "no details";
-      }
-      const error = new Error(message);
-      error.status = response.status;
-      throw error;
-    }
-    if (!body || typeof body !== "object") {
-      throw new Error(`The server answered ${response.status} without a JSON result.`);
-    }
-    return body;
-  }
-
-  function loadImage(src) {
-    return new Promise((resolve) => {
-      const img = new Image();
-      img.onload = () => resolve(img);
-      img.onerror = () => resolve(null);
-      img.src = src;
-    });
   }
 
   // image_size may be {width, height} or [w, h]
@@ -154,6 +123,8 @@
       placeholderText(ctx, canvas, state.file ? "No preview for this file type" : "No image yet");
       canvas.dataset.boxes = "0";
       canvas.dataset.heatmap = "0";
+      canvas.dataset.gradcam = "0";
+      canvas.dataset.preview = state.previewFrom;
       return;
     }
     // Fit the image in MAX_DISPLAY x MAX_DISPLAY; small scans are enlarged to be readable.
@@ -166,8 +137,11 @@
     canvas.style.width = `${w}px`;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
 
-    const heatmapShown = Boolean(state.heatmap && el.showHeatmap.checked);
-    if (heatmapShown) {
+    const gradcamShown = Boolean(state.gradcam && el.showGradcam.checked);
+    const heatmapShown = !gradcamShown && Boolean(state.heatmap && el.showHeatmap.checked);
+    if (gradcamShown) {
+      ctx.drawImage(state.gradcam, 0, 0, w, h); // Grad-CAM over the image, at its aspect
+    } else if (heatmapShown) {
       // heatmap_png is the colour density already blended over the image, at the image's aspect.
       ctx.drawImage(state.heatmap, 0, 0, w, h);
     } else if (state.preview) {
@@ -176,7 +150,7 @@
       ctx.fillStyle = "#1b2436";
       ctx.fillRect(0, 0, w, h);
       // Corner note, so it never hides under a box drawn in the middle.
-      placeholderText(ctx, { width: w, height: h }, "No browser preview (DICOM/TIFF)", true);
+      placeholderText(ctx, { width: w, height: h }, "No preview of this file", true);
     }
 
     // Boxes come in the uploaded image's pixel coordinates: scale by displayed / natural.
@@ -208,11 +182,14 @@
 
     canvas.dataset.boxes = String(boxes.length);
     canvas.dataset.heatmap = heatmapShown ? "1" : "0";
+    canvas.dataset.gradcam = gradcamShown ? "1" : "0";
+    canvas.dataset.preview = state.previewFrom;
     canvas.setAttribute(
       "aria-label",
       `Uploaded image, ${natural.width} by ${natural.height} pixels` +
         (boxes.length ? `, ${boxes.length} suspicious region(s) outlined` : "") +
-        (heatmapShown ? ", density heatmap shown" : "")
+        (heatmapShown ? ", density heatmap shown" : "") +
+        (gradcamShown ? ", Grad-CAM of the classifier shown" : "")
     );
     el.caption.textContent =
       `${natural.width} × ${natural.height} px shown at ${Math.round(scale * 100)}%. ` +
@@ -232,18 +209,25 @@
   // ------------------------------------------------------------------------------ results
   // The verdict is what a user should take from the answer; "uncertain" when the image is
   // unlike the model's training images or P(fake) is in the calibrated grey zone.
-  const BADGES = {
-    real: ["Real", "real"],
-    fake: ["Synthetic", "fake"],
-    manipulated: ["Manipulated", "fake"],
-    untouched: ["No manipulation", "real"],
-    uncertain: ["Uncertain", "uncertain"],
-  };
-
   function showVerdict(badge, verdict) {
-    const [text, cls] = BADGES[verdict] || [String(verdict), ""];
+    const [text, cls] = api.VERDICTS[verdict] || [String(verdict), ""];
     badge.textContent = text;
     badge.className = `badge ${cls}`;
+  }
+
+  // One plain sentence per model above the details: what to take from this upload.
+  function renderSummary() {
+    const parts = [];
+    const say = (what, r) => {
+      const [label, , sentence] = api.VERDICTS[r.verdict] || [r.verdict, "", ""];
+      parts.push(`${what}: ${label.toUpperCase()}, ${sentence}.`);
+    };
+    if (state.synthesis) say("Synthesis", state.synthesis);
+    if (state.density) say("Manipulation", state.density);
+    el.verdictSummary.textContent = parts.join(" ");
+    el.verdictSummary.hidden = parts.length === 0;
+    const uncertain = [state.synthesis, state.density].some((r) => r && r.verdict === "uncertain");
+    el.verdictSummary.classList.toggle("uncertain", uncertain);
   }
 
   function inDistributionText(r) {
@@ -341,34 +325,46 @@
     el.densityVersion.textContent = r.model_version || "?";
   }
 
-  // ----------------------------------------------------------------------------- requests
-  function imageForm() {
-    const form = new FormData();
-    form.append("image", state.file, state.file.name);
-    return form;
+  // The calibrated threshold comes with every answer of the localizer (the thr it used when
+  // none was sent): the slider starts there, and thr is sent only once the user moves it.
+  function showCalibrated(r) {
+    if (state.thrCalibrated === null && !state.thrMoved) {
+      state.thrCalibrated = Number(r.threshold);
+      el.thr.value = String(state.thrCalibrated);
+      el.thrValue.textContent = state.thrCalibrated.toFixed(2);
+      el.thr.disabled = false;
+    }
+    if (el.minArea.value === "") el.minArea.placeholder = String(r.min_area); // calibrated
+    el.thrReset.hidden = !state.thrMoved;
   }
 
+  // ----------------------------------------------------------------------------- requests
   async function runDensity() {
     if (!state.file) return;
     const token = state.token;
     if (state.densityAbort) state.densityAbort.abort();
     const abort = new AbortController();
     state.densityAbort = abort;
-    const form = imageForm();
-    form.append("thr", el.thr.value);
-    form.append("min_area", el.minArea.value === "" ? "20" : el.minArea.value);
-    form.append("return_density", "true");
+    const fields = { return_density: "true" };
+    if (state.thrMoved) fields.thr = el.thr.value;
+    if (el.minArea.value !== "") fields.min_area = el.minArea.value;
     setStatus("Localizing manipulated regions…", true);
     try {
-      const result = await postForm(ENDPOINT_DENSITY, form, abort.signal);
+      const result = await api.postForm(
+        ENDPOINT_DENSITY,
+        api.imageForm(state.file, fields),
+        abort.signal
+      );
       if (token !== state.token) return;
       clearError();
       state.density = result;
       state.heatmap = result.heatmap_png
-        ? await loadImage(`data:image/png;base64,${result.heatmap_png}`)
+        ? await api.loadImage(`data:image/png;base64,${result.heatmap_png}`)
         : null;
       if (token !== state.token) return;
+      showCalibrated(result);
       renderDensity(result);
+      renderSummary();
       draw();
       setStatus("Done.", false);
     } catch (err) {
@@ -377,6 +373,22 @@
       setStatus("The localizer request failed.", false);
     } finally {
       if (state.densityAbort === abort) state.densityAbort = null;
+    }
+  }
+
+  // Grad-CAM of the classifier: asked for when the toggle is on, once per upload.
+  async function runGradcam() {
+    if (!state.file || state.gradcam || !el.showGradcam.checked) return;
+    const token = state.token;
+    try {
+      const result = await api.postForm(ENDPOINT_EXPLAIN, api.imageForm(state.file));
+      if (token !== state.token) return;
+      state.gradcam = await api.loadImage(`data:image/png;base64,${result.heatmap_png}`);
+      if (token !== state.token) return;
+      draw();
+    } catch (err) {
+      if (token !== state.token) return;
+      showError(errorTitle("Grad-CAM", err), err.message);
     }
   }
 
@@ -389,22 +401,34 @@
     state.token += 1;
     const token = state.token;
     if (state.densityAbort) state.densityAbort.abort();
-    Object.assign(state, { file, preview: null, synthesis: null, density: null, heatmap: null });
+    Object.assign(state, {
+      file,
+      preview: null,
+      previewFrom: "none",
+      synthesis: null,
+      density: null,
+      heatmap: null,
+      gradcam: null,
+    });
     clearError();
     el.synthesis.hidden = true;
     el.density.hidden = true;
+    el.verdictSummary.hidden = true;
     el.fileName.textContent = `${file.name} (${(file.size / 1024).toFixed(1)} KiB)`;
 
     const url = URL.createObjectURL(file);
-    state.preview = await loadImage(url); // null for DICOM/TIFF: drawn as a placeholder
+    state.preview = await api.loadImage(url); // null for DICOM/TIFF: the server's preview
     URL.revokeObjectURL(url);
     if (token !== state.token) return;
+    state.previewFrom = state.preview ? "browser" : "none";
     draw();
 
     setStatus("Classifying…", true);
     let synthesis;
     try {
-      synthesis = await postForm(ENDPOINT_SYNTHESIS, imageForm());
+      // Ask for the server's preview only when the browser could not show the file.
+      const fields = state.preview ? {} : { preview: "true" };
+      synthesis = await api.postForm(ENDPOINT_SYNTHESIS, api.imageForm(file, fields));
     } catch (err) {
       if (token !== state.token) return;
       showError(errorTitle("Synthesis detector", err), err.message);
@@ -412,14 +436,63 @@
       return;
     }
     if (token !== state.token) return;
+    if (synthesis.preview_png) {
+      state.preview = await api.loadImage(`data:image/png;base64,${synthesis.preview_png}`);
+      state.previewFrom = state.preview ? "server" : "none";
+      if (token !== state.token) return;
+      draw();
+    }
     state.synthesis = synthesis;
     renderSynthesis(synthesis);
+    renderSummary();
+    runGradcam();
     if (synthesis.organ === "brain" || el.always.checked) {
       await runDensity();
     } else {
       renderDensitySkipped(synthesis.organ);
       setStatus("Done.", false);
     }
+  }
+
+  // One file opens here; several (or a folder) fill the batch table.
+  function handleFiles(files) {
+    const list = Array.from(files || []);
+    if (list.length === 1) handleFile(list[0]);
+    else if (list.length > 1) api.runBatch(list, el.always.checked);
+  }
+  api.showFile = (file) => {
+    handleFile(file);
+    el.results.focus();
+  };
+
+  // Files of a dropped folder (and its sub-folders), through the entries API.
+  function readEntry(entry) {
+    if (entry.isFile) return new Promise((resolve) => entry.file(resolve, () => resolve(null)));
+    if (!entry.isDirectory) return Promise.resolve(null);
+    const reader = entry.createReader();
+    const all = [];
+    return new Promise((resolve) => {
+      const next = () =>
+        reader.readEntries(async (entries) => {
+          if (!entries.length) {
+            const files = await Promise.all(all.map(readEntry));
+            resolve(files.flat().filter(Boolean));
+            return;
+          }
+          all.push(...entries.filter((e) => !e.name.startsWith(".")));
+          next();
+        }, () => resolve([]));
+      next();
+    });
+  }
+
+  async function droppedFiles(dataTransfer) {
+    const entries = Array.from(dataTransfer.items || [])
+      .map((item) => (item.webkitGetAsEntry ? item.webkitGetAsEntry() : null))
+      .filter(Boolean);
+    if (!entries.length || entries.every((e) => e.isFile)) return Array.from(dataTransfer.files);
+    const files = await Promise.all(entries.map(readEntry));
+    return files.flat().filter(Boolean);
   }
 
   // ------------------------------------------------------------------------------- events
@@ -430,7 +503,9 @@
       el.input.click();
     }
   });
-  el.input.addEventListener("change", () => handleFile(el.input.files[0]));
+  el.input.addEventListener("change", () => handleFiles(el.input.files));
+  el.chooseFolder.addEventListener("click", () => el.folderInput.click());
+  el.folderInput.addEventListener("change", () => handleFiles(el.folderInput.files));
   ["dragenter", "dragover"].forEach((type) =>
     el.dropzone.addEventListener(type, (e) => {
       e.preventDefault();
@@ -443,9 +518,8 @@
       el.dropzone.classList.remove("dragover");
     })
   );
-  el.dropzone.addEventListener("drop", (e) => {
-    const file = e.dataTransfer && e.dataTransfer.files[0];
-    if (file) handleFile(file);
+  el.dropzone.addEventListener("drop", async (e) => {
+    if (e.dataTransfer) handleFiles(await droppedFiles(e.dataTransfer));
   });
   // A file dropped next to the zone must not navigate away from the page.
   window.addEventListener("dragover", (e) => e.preventDefault());
@@ -459,11 +533,25 @@
     }, REQUERY_DELAY_MS);
   }
   el.thr.addEventListener("input", () => {
+    state.thrMoved = true;
+    el.thrReset.hidden = false;
     el.thrValue.textContent = Number(el.thr.value).toFixed(2);
+    requery();
+  });
+  el.thrReset.addEventListener("click", () => {
+    state.thrMoved = false;
+    el.thrReset.hidden = true;
+    el.thr.value = String(state.thrCalibrated);
+    el.thrValue.textContent = Number(state.thrCalibrated).toFixed(2);
+    el.thr.focus();
     requery();
   });
   el.minArea.addEventListener("change", requery);
   el.showHeatmap.addEventListener("change", draw);
+  el.showGradcam.addEventListener("change", () => {
+    draw();
+    runGradcam();
+  });
   el.always.addEventListener("change", () => {
     if (el.always.checked && state.synthesis && !state.density) runDensity();
   });

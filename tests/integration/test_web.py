@@ -9,11 +9,15 @@ bright rectangles on a dark image are the "manipulated regions".
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from dicom_files import dicom_bytes
 from PIL import Image
 
@@ -23,6 +27,7 @@ from medfakedet.schema import DensityParams
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 LAUNCH_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -51,9 +56,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
     Image.fromarray(np.rint(scan_pixels() * 255).astype(np.uint8)).save(png)
     dcm = root / "brain_scan.dcm"
     dcm.write_bytes(dicom_bytes(scan_pixels(), bits=8))
+    tiff = root / "brain_scan.tif"  # 16-bit: browsers show no TIFF at all
+    Image.fromarray(np.rint(scan_pixels() * 65535).astype(np.uint16)).save(tiff)
     txt = root / "notes.png"
     txt.write_text("these are notes, not a scan\n")
-    return {"png": png, "dcm": dcm, "txt": txt}
+    return {"png": png, "dcm": dcm, "tiff": tiff, "txt": txt}
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +87,26 @@ def browser():
         b.close()
 
 
+# Records the fields of every form the page POSTs (Chromium gives no post data for requests
+# that carry a file), so tests can see which parameters were sent.
+RECORD_FORMS = """
+const realFetch = window.fetch;
+window.sentForms = [];
+window.fetch = (url, init) => {
+  if (init && init.body instanceof FormData) {
+    const fields = {};
+    for (const [k, v] of init.body.entries()) fields[k] = typeof v === "string" ? v : "<file>";
+    window.sentForms.push({ url: String(url), fields });
+  }
+  return realFetch(url, init);
+};
+"""
+
+
 @pytest.fixture
 def page(browser, stack):
     context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    context.add_init_script(RECORD_FORMS)
     pg = context.new_page()
     errors: list[str] = []  # uncaught exceptions in the page's scripts
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -203,22 +227,31 @@ def test_threshold_slider_queries_the_server_again(page, files, expected) -> Non
     assert page.locator("#thr-value").inner_text() == "0.95"
 
 
-def test_dicom_has_no_preview_but_boxes_on_the_returned_image_size(
-    page, files, expected, tmp_path
+@pytest.mark.parametrize("kind", ["dcm", "tiff"])
+def test_dicom_and_tiff_show_the_server_preview_with_boxes_on_the_returned_size(
+    page, files, expected, tmp_path, kind
 ) -> None:
     page.check("#localize-always")
     page.uncheck("#show-heatmap")
-    upload_and_wait(page, files["dcm"])
+    upload_and_wait(page, files[kind])
+    assert sent_form(page, "/detect/synthesis8") == {"image": "<file>", "preview": "true"}
     dcm = expected["dicom"]
     assert dcm["image_size"] == {"width": WIDTH, "height": HEIGHT}
     page.wait_for_function(
         f"document.getElementById('image-canvas').dataset.boxes === '{dcm['count']}'"
     )
     assert dcm["count"] == 2
-    shown = page.locator("#image-canvas").bounding_box()
+    canvas = page.locator("#image-canvas")
+    assert canvas.get_attribute("data-preview") == "server"
+    shown = canvas.bounding_box()
     assert shown["width"] / shown["height"] == pytest.approx(WIDTH / HEIGHT, rel=0.02)
     assert f"{WIDTH} × {HEIGHT} px" in page.locator("#viewer-caption").inner_text()
-    page.screenshot(path=str(screenshot_dir(tmp_path) / "web_dicom_result.png"), full_page=True)
+    # The preview is the scan itself: bright inside the first region, dark outside both.
+    scale = shown["width"] / WIDTH
+    x1, y1, x2, y2, _ = REGIONS[0]
+    assert min(canvas_pixel(page, (x1 + x2) / 2 * scale, (y1 + y2) / 2 * scale)) > 180
+    assert max(canvas_pixel(page, 170 * scale, 20 * scale)) < 60
+    page.screenshot(path=str(screenshot_dir(tmp_path) / f"web_{kind}_result.png"), full_page=True)
 
 
 def test_invalid_file_shows_the_server_message_in_an_alert(page, files, tmp_path) -> None:
@@ -235,3 +268,208 @@ def test_invalid_file_shows_the_server_message_in_an_alert(page, files, tmp_path
     assert page.locator("#error-message").inner_text() == server_message
     assert page.locator("#synthesis").is_hidden()
     page.screenshot(path=str(screenshot_dir(tmp_path) / "web_error.png"), full_page=True)
+
+
+# Rewrites the threshold in the localizer's answers (and keeps the real ones), so a test can tell
+# the value the page read from the server from any value of its own.
+RELABEL_THRESHOLD = """(value) => {
+  const inner = window.fetch;
+  window.relabelThreshold = value;
+  window.realThresholds = [];
+  window.fetch = async (url, init) => {
+    const response = await inner(url, init);
+    if (window.relabelThreshold === null || !String(url).endsWith("/manipulation_density")) {
+      return response;
+    }
+    const body = await response.json();
+    window.realThresholds.push(body.threshold);
+    body.threshold = window.relabelThreshold;
+    return new Response(JSON.stringify(body), { status: response.status });
+  };
+}"""
+
+
+def sent_form(page, endpoint: str) -> dict[str, str]:
+    """The fields of the last form the page posted to ``endpoint`` (files as "<file>")."""
+    forms = page.evaluate("window.sentForms")
+    return [f["fields"] for f in forms if f["url"].endswith(endpoint)][-1]
+
+
+def test_slider_starts_at_the_calibrated_threshold_and_thr_is_sent_only_once_moved(
+    page, files, expected
+) -> None:
+    # Before any answer the slider cannot be moved and shows no number of its own.
+    assert page.locator("#thr").is_disabled() and page.locator("#thr-value").inner_text() == "–"
+    # The threshold the server answers with is the one the slider takes: change it on the way.
+    calibrated = 0.37
+    page.evaluate(RELABEL_THRESHOLD, calibrated)
+    page.check("#localize-always")
+    upload_and_wait(page, files["png"])
+    # the calibrated values apply: neither thr nor min_area is sent
+    assert sent_form(page, "/detect/manipulation_density") == {
+        "image": "<file>",
+        "return_density": "true",
+    }
+    assert sent_form(page, "/detect/synthesis8") == {"image": "<file>"}  # a PNG: no preview
+    assert page.locator("#thr").input_value() == str(calibrated)
+    assert page.locator("#thr-value").inner_text() == "0.37"
+    assert page.locator("#min-area").get_attribute("placeholder") == "20"
+    assert page.evaluate("window.realThresholds") == [expected["density"]["threshold"]] == [0.28]
+    page.evaluate("window.relabelThreshold = null")
+
+    # Keyboard: one step right on the focused slider sends thr = calibrated + 0.01.
+    page.focus("#thr")
+    with page.expect_response(lambda r: r.url.endswith("/detect/manipulation_density")) as resp:
+        page.keyboard.press("ArrowRight")
+    assert sent_form(page, "/detect/manipulation_density")["thr"] == "0.38"
+    assert resp.value.json()["threshold"] == 0.38
+    page.wait_for_function("document.getElementById('status').textContent === 'Done.'")
+    assert page.locator("#density-params").inner_text() == "0.38 / 20 px"
+    # ... and the reset button (Tab, Enter) goes back to sending no thr at all.
+    page.locator("#thr-reset").focus()
+    with page.expect_response(lambda r: r.url.endswith("/detect/manipulation_density")) as resp:
+        page.keyboard.press("Enter")
+    assert "thr" not in sent_form(page, "/detect/manipulation_density")
+    assert resp.value.json()["threshold"] == 0.28  # the server's own calibrated value
+    assert page.locator("#thr").input_value() == str(calibrated)
+
+
+def test_gradcam_toggle_by_keyboard_draws_the_servers_heatmap(page, files, tmp_path) -> None:
+    page.check("#localize-always")
+    page.uncheck("#show-heatmap")
+    upload_and_wait(page, files["png"])
+    canvas = page.locator("#image-canvas")
+    before = canvas_pixel(page, 10, 10)
+    assert canvas.get_attribute("data-gradcam") == "0"
+    page.focus("#show-gradcam")
+    with page.expect_response(lambda r: r.url.endswith("/explanations/synthesis8")) as resp:
+        page.keyboard.press("Space")
+    body = resp.value.json()
+    assert resp.value.status == 200 and body["explanation"]["method"] == "grad-cam"
+    page.wait_for_function("document.getElementById('image-canvas').dataset.gradcam === '1'")
+    assert canvas_pixel(page, 10, 10) != before  # the coloured map, not the gray scan
+    assert canvas.get_attribute("data-boxes") == "2"  # boxes stay on top
+    assert "Grad-CAM" in canvas.get_attribute("aria-label")
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "web_gradcam.png"), full_page=True)
+    page.keyboard.press("Space")  # off again: the scan
+    assert canvas.get_attribute("data-gradcam") == "0"
+    assert canvas_pixel(page, 10, 10) == before
+
+
+def test_verdicts_are_shown_in_plain_words(page, files, expected) -> None:
+    page.check("#localize-always")
+    upload_and_wait(page, files["png"])
+    summary = page.locator("#verdict-summary")
+    assert summary.is_visible()
+    assert summary.inner_text() == (
+        "Synthesis: UNCERTAIN, the model cannot tell: do not rely on this answer. "
+        "Manipulation: MANIPULATED, the localizer finds manipulated regions."
+    )
+    assert "uncertain" in summary.get_attribute("class")
+
+
+def test_batch_of_files_table_details_and_exports(page, files, expected, tmp_path) -> None:
+    page.check("#localize-always")
+    # The dropzone by keyboard: Enter opens the file chooser, which takes several files.
+    page.focus("#dropzone")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    assert chooser.value.is_multiple()
+    chooser.value.set_files([str(files[k]) for k in ("png", "dcm", "tiff", "txt")])
+    status = page.locator("#batch-status")
+    page.wait_for_function(
+        "document.getElementById('batch-status').textContent.startsWith('4 of 4 files done')"
+    )
+    assert status.inner_text() == (
+        "4 of 4 files done: 0 fake, 3 manipulated, 3 uncertain, 1 errors."
+    )
+    rows = page.locator("#batch-rows tr")
+    assert rows.count() == 4
+    cells = [rows.nth(i).locator("th, td").all_inner_texts() for i in range(4)]
+    s = expected["synthesis"]
+    assert cells[0] == [
+        "brain_scan.png", "UNCERTAIN", f"{100 * s['fake_probability']:.1f}%", s["organ"],
+        "MANIPULATED", "2",
+    ]  # fmt: skip
+    assert [c[-1] for c in cells[1:3]] == ["2", "2"]  # DICOM and TIFF: both regions too
+    assert cells[3][0] == "notes.png" and cells[3][1] == "ERROR"
+    assert cells[3][2].startswith("HTTP 400: ") and "image" in cells[3][2]
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "web_batch.png"), full_page=True)
+
+    with page.expect_download() as dl:
+        page.click("#export-csv")
+    records = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
+    assert [r["file"] for r in records] == ["brain_scan.png", "brain_scan.dcm",
+                                            "brain_scan.tif", "notes.png"]  # fmt: skip
+    assert [r["status"] for r in records] == ["ok", "ok", "ok", "error"]
+    assert float(records[0]["fake_probability"]) == pytest.approx(s["fake_probability"])
+    assert records[0]["count"] == "2" and records[0]["localizer_verdict"] == "manipulated"
+    assert len(records[0]["model_sha256"]) == 64
+    with page.expect_download() as dl:
+        page.click("#export-json")
+    doc = json.loads(Path(dl.value.path()).read_text())
+    assert doc[1]["localization"]["boxes"] == expected["dicom"]["boxes"]
+    assert doc[3]["synthesis"] is None and "image" in doc[3]["error"]
+
+    # A row by keyboard: focus it, Enter opens it in the single-image view.
+    rows.nth(1).focus()
+    with page.expect_response(lambda r: r.url.endswith("/detect/manipulation_density")):
+        page.keyboard.press("Enter")
+    page.wait_for_function("document.getElementById('status').textContent === 'Done.'")
+    assert page.locator("#file-name").inner_text().startswith("brain_scan.dcm")
+    assert rows.nth(1).get_attribute("aria-selected") == "true"
+    assert page.locator("#image-canvas").get_attribute("data-boxes") == "2"
+
+
+def test_a_folder_fills_the_batch_table(page, files, tmp_path) -> None:
+    folder = tmp_path / "scans"
+    (folder / "sub").mkdir(parents=True)
+    for name, key in (("a.png", "png"), ("sub/b.dcm", "dcm"), ("c.tif", "tiff")):
+        (folder / name).write_bytes(files[key].read_bytes())
+    (folder / "readme.txt").write_text("not scanned: not an image name")
+    page.set_input_files("#folder-input", str(folder))
+    page.wait_for_function(
+        "document.getElementById('batch-status').textContent.startsWith('3 of 3 files done')"
+    )
+    names = page.locator("#batch-rows th").all_inner_texts()
+    assert sorted(names) == ["scans/a.png", "scans/c.tif", "scans/sub/b.dcm"]
+
+
+def test_file_page_against_a_configured_server_with_a_token(browser, stack, files) -> None:
+    """The page opened from file:// talks to the server given in the Server field (CORS), and
+    sends the token as a Bearer header (the preflight OPTIONS is answered by nginx)."""
+    context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto((WEB_DIR / "index.html").as_uri(), wait_until="load")
+    # No server yet: the page says what to enter instead of failing somewhere.
+    pg.set_input_files("#file-input", str(files["png"]))
+    pg.get_by_role("alert").wait_for(state="visible")
+    assert "enter the server's URL under Server" in pg.locator("#error-message").inner_text()
+
+    pg.fill("#server-url", stack.base_url)
+    pg.fill("#token", "test-token-123")
+    pg.check("#localize-always")
+    with pg.expect_request(lambda r: r.url == stack.base_url + "/detect/synthesis8") as req:
+        pg.set_input_files("#file-input", str(files["dcm"]))
+    assert req.value.headers["authorization"] == "Bearer test-token-123"
+    pg.wait_for_function("document.getElementById('status').textContent === 'Done.'")
+    assert pg.locator("#box-count").inner_text() == "2"
+    assert pg.locator("#image-canvas").get_attribute("data-preview") == "server"
+    assert errors == []
+    context.close()
+
+    # What nginx answers to the browser's preflight and to the request itself.
+    pre = requests.options(
+        stack.base_url + "/detect/synthesis8",
+        headers={
+            "Origin": "null",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+        timeout=10,
+    )
+    assert pre.status_code == 204
+    assert pre.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Authorization" in pre.headers["Access-Control-Allow-Headers"]
