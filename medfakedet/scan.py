@@ -1,5 +1,6 @@
-"""What ``medfakedet scan`` does with files: find them, run them through the models (in-process
-or through a running service) and keep one :class:`ScanRow` per file.
+"""What ``medfakedet scan`` does with files: find them, run them through the models in-process
+and keep one :class:`ScanRow` per file (:mod:`medfakedet.scan_server` does the same through a
+running service).
 
 Results are read through the response models of :mod:`medfakedet.schema`, the same contract the
 service declares, whichever way they were produced.
@@ -7,7 +8,8 @@ service declares, whichever way they were produced.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,7 @@ from medfakedet.schema import (
     DensityParams,
     DensityResult,
     PredictionError,
-    ResultError,
     Synthesis8Result,
-    error_message,
     read_result,
 )
 
@@ -31,7 +31,16 @@ BATCH_SIZE = 16
 
 
 class UsageError(Exception):
-    """Bad command line or environment: printed as ``medfakedet: error: ...``, exit code 1."""
+    """Bad command line or environment: printed as ``medfakedet: error: ...``, exit code 2."""
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256 (hex), read in 1 MiB chunks: the audit trail's file hash."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -43,22 +52,10 @@ class ScanRow:
     synthesis: Synthesis8Result | None = None
     localization: DensityResult | None = None
     image: dict[str, Any] = field(default_factory=dict)  # width, height, format when known
-
-    @property
-    def is_fake(self) -> bool:
-        """The verdict is ``fake`` (an ``uncertain`` answer is not)."""
-        return bool(self.synthesis and self.synthesis.verdict == "fake")
-
-    @property
-    def is_manipulated(self) -> bool:
-        """The localizer's verdict is ``manipulated``."""
-        return bool(self.localization and self.localization.verdict == "manipulated")
-
-    @property
-    def is_uncertain(self) -> bool:
-        """Either model answered ``uncertain``."""
-        answers = (self.synthesis, self.localization)
-        return any(a is not None and a.verdict == "uncertain" for a in answers)
+    sha256: str | None = None  # of the file's bytes
+    #: base64 PNGs for the HTML report (preview_png, heatmap_png, heatmap: what it shows);
+    #: never in the JSON/CSV rows
+    visuals: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A flat JSON-ready record (density PNGs are never included)."""
@@ -84,6 +81,9 @@ class ScanRow:
             "probabilities": s.probabilities.model_dump() if s else None,
             "model_version": s.model_version if s else None,
             "localizer_version": loc.model_version if loc else None,
+            "sha256": self.sha256,
+            "model_sha256": s.model_sha256 if s else None,
+            "localizer_sha256": loc.model_sha256 if loc else None,
             "width": self.image.get("width"),
             "height": self.image.get("height"),
             "format": self.image.get("format"),
@@ -137,8 +137,26 @@ def wants_localization(localize: str, synthesis: Synthesis8Result | None) -> boo
     return synthesis.organ == "brain"
 
 
+def keep_visuals(row: ScanRow, result: dict, heatmap: str) -> dict:
+    """Move the pictures of a result (preview, heatmap) into ``row.visuals``; the rest is the
+    endpoint's plain result. ``heatmap`` names what its heatmap shows (e.g. "Grad-CAM")."""
+    result = dict(result)
+    result.pop("explanation", None)
+    result.pop("density_png", None)
+    if "preview_png" in result:
+        row.visuals["preview_png"] = result.pop("preview_png")
+    if "heatmap_png" in result:
+        row.visuals["heatmap_png"] = result.pop("heatmap_png")
+        row.visuals["heatmap"] = heatmap
+    return result
+
+
 class OfflineScanner:
-    """Runs the artifacts in-process, ``batch_size`` files per forward pass."""
+    """Runs the artifacts in-process, ``batch_size`` files per forward pass.
+
+    ``visuals``: also keep a preview and a heatmap per file (the density overlay where the
+    localizer ran, else the classifier's Grad-CAM) for the HTML report.
+    """
 
     def __init__(
         self,
@@ -149,6 +167,7 @@ class OfflineScanner:
         thr: float | None = None,
         min_area: int | None = None,
         batch_size: int = BATCH_SIZE,
+        visuals: bool = False,
     ) -> None:
         # heavy (torch): only offline scans pay for it
         from medfakedet.artifacts import ArtifactError
@@ -161,6 +180,7 @@ class OfflineScanner:
             raise UsageError(f"--device: {e}") from None
         self.batch_size = max(1, batch_size)
         self.localize = localize
+        self.visuals = visuals
         try:
             self.classifier = Synthesis8Predictor.from_artifact(artifacts / "synthesis8", device)
             self.localizer = None
@@ -174,23 +194,21 @@ class OfflineScanner:
                 "holding synthesis8/ and manipulation_density/, or scan through --server URL."
             ) from None
         self.params = None
-        if self.localizer is not None and (thr is not None or min_area is not None):
+        if self.localizer is not None and (thr is not None or min_area is not None or visuals):
             d = self.localizer.defaults
             try:
                 self.params = DensityParams(
                     threshold=d.threshold if thr is None else thr,
                     min_area=d.min_area if min_area is None else min_area,
+                    return_density=visuals,
                 )
             except ValueError as e:
                 raise UsageError(str(e)) from None
 
-    def scan(self, files: Sequence[Path], progress: Callable[[int], None]) -> list[ScanRow]:
-        rows: list[ScanRow] = []
+    def scan(self, files: Sequence[Path]) -> Iterator[ScanRow]:
+        """One row per file, a batch at a time, in the order of ``files``."""
         for start in range(0, len(files), self.batch_size):
-            chunk = files[start : start + self.batch_size]
-            rows.extend(self._scan_batch(chunk))
-            progress(len(chunk))
-        return rows
+            yield from self._scan_batch(files[start : start + self.batch_size])
 
     def _scan_batch(self, files: Sequence[Path]) -> list[ScanRow]:
         from medfakedet.imaging import ImageDecodeError, load_image_file
@@ -199,6 +217,7 @@ class OfflineScanner:
         images = {}
         for i, (path, row) in enumerate(zip(files, rows, strict=True)):
             try:
+                row.sha256 = file_sha256(path)
                 im = load_image_file(path)  # decoded once, used by both models
             except ImageDecodeError as e:
                 row.error = str(e)
@@ -215,93 +234,18 @@ class OfflineScanner:
                 if isinstance(result, PredictionError):
                     rows[i].error = result.message
                 else:
-                    setattr(rows[i], attr, read_result(endpoint, result))
+                    heatmap = "density" if attr == "localization" else "Grad-CAM"
+                    plain = keep_visuals(rows[i], result, heatmap)
+                    setattr(rows[i], attr, read_result(endpoint, plain))
 
-        run(list(images), self.classifier.predict, "synthesis8", "synthesis")
+        def classify(items: list) -> list:
+            flags = [self.visuals] * len(items)
+            return self.classifier.answer(items, flags, flags)
+
+        run(list(images), classify, "synthesis8", "synthesis")
         wanted = [i for i in images if wants_localization(self.localize, rows[i].synthesis)]
         if self.localizer is not None:
             params = None if self.params is None else [self.params] * len(wanted)
             predict = lambda items: self.localizer.predict(items, params)  # noqa: E731
             run(wanted, predict, "manipulation_density", "localization")
         return rows
-
-
-class ServerScanner:
-    """POSTs each file to a running service (nginx or TorchServe with nginx's paths)."""
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        localize: str,
-        thr: float | None = None,
-        min_area: int | None = None,
-        timeout: float = 60.0,
-    ) -> None:
-        import requests
-
-        self.requests = requests
-        self.session = requests.Session()
-        self.url = url.rstrip("/")
-        if not self.url.startswith(("http://", "https://")):
-            raise UsageError(f"--server must be an http(s) URL, got {url!r}")
-        self.localize = localize
-        self.timeout = timeout
-        self.form: dict[str, str] = {}
-        if thr is not None:
-            self.form["thr"] = repr(float(thr))
-        if min_area is not None:
-            self.form["min_area"] = str(int(min_area))
-
-    def _post(self, endpoint: str, name: str, data: bytes, form: dict[str, str]):
-        """One request: the endpoint's result model, or an error message (str)."""
-        try:
-            r = self.session.post(
-                f"{self.url}/detect/{endpoint}",
-                files={"image": (name, data, "application/octet-stream")},
-                data=form,
-                timeout=self.timeout,
-            )
-        except self.requests.ConnectionError as e:
-            raise UsageError(f"cannot reach the server at {self.url}: {e}") from None
-        except self.requests.Timeout:
-            return f"{endpoint}: no answer within {self.timeout:g} s"
-        try:
-            body = r.json()
-        except ValueError:
-            body = None
-        if r.status_code != 200:
-            message = error_message(body) or r.text.strip()[:200] or r.reason
-            return f"{endpoint}: HTTP {r.status_code}: {message}"
-        try:
-            return read_result(endpoint, body)
-        except ResultError as e:
-            return f"unexpected answer from {self.url}: {e}"
-
-    def scan(self, files: Sequence[Path], progress: Callable[[int], None]) -> list[ScanRow]:
-        rows = []
-        for path in files:
-            rows.append(self._scan_one(path))
-            progress(1)
-        return rows
-
-    def _scan_one(self, path: Path) -> ScanRow:
-        row = ScanRow(file=str(path))
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            row.error = f"cannot read the file: {e.strerror or e}"
-            return row
-        result = self._post("synthesis8", path.name, data, {})
-        if isinstance(result, str):
-            row.error = result
-            return row
-        row.synthesis = result
-        if wants_localization(self.localize, result):
-            loc = self._post("manipulation_density", path.name, data, self.form)
-            if isinstance(loc, str):
-                row.error = loc
-            else:
-                row.localization = loc
-                row.image = {"width": loc.image_size.width, "height": loc.image_size.height}
-        return row

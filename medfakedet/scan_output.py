@@ -1,4 +1,8 @@
-"""The reports of ``medfakedet scan``: a summary line, and a table, JSON or CSV of the rows."""
+"""The reports of ``medfakedet scan``: a summary line, and a table, JSON or CSV of the rows.
+
+Every report reads the flat records of :meth:`medfakedet.scan.ScanRow.to_dict` (also the lines
+of a JSONL run that is resumed), so rows scanned now and rows read back look the same.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from medfakedet.labels import CLASS_NAMES
-from medfakedet.scan import ScanRow
+
+Record = dict[str, Any]
 
 CSV_COLUMNS = (
     "file",
@@ -32,6 +37,11 @@ CSV_COLUMNS = (
     "width",
     "height",
     "format",
+    "sha256",
+    "model_version",
+    "model_sha256",
+    "localizer_version",
+    "localizer_sha256",
     *(f"p_{name}" for name in CLASS_NAMES),
 )
 
@@ -45,13 +55,14 @@ class Summary:
     errors: int
 
     @classmethod
-    def of(cls, rows: Sequence[ScanRow]) -> Summary:
+    def of(cls, rows: Sequence[Record]) -> Summary:
+        """Counts over records; ``uncertain``: either model answered uncertain."""
         return cls(
             files=len(rows),
-            fake=sum(r.is_fake for r in rows),
-            manipulated=sum(r.is_manipulated for r in rows),
-            uncertain=sum(r.is_uncertain for r in rows),
-            errors=sum(r.error is not None for r in rows),
+            fake=sum(r["verdict"] == "fake" for r in rows),
+            manipulated=sum(r["localizer_verdict"] == "manipulated" for r in rows),
+            uncertain=sum("uncertain" in (r["verdict"], r["localizer_verdict"]) for r in rows),
+            errors=sum(r["status"] == "error" for r in rows),
         )
 
     def line(self) -> str:
@@ -76,20 +87,19 @@ def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else "..." + text[-(width - 3) :]
 
 
-def format_table(rows: Sequence[ScanRow], summary: Summary) -> str:
+def format_table(rows: Sequence[Record], summary: Summary) -> str:
     """A fixed-width table: file, organ, verdict, P(fake), in-distribution score, the
     localizer's verdict, boxes; then the summary. FAKE and MANIPULATED are in capitals."""
     header = ("file", "organ", "verdict", "P(fake)", "in-dist", "manipulated", "boxes")
     body = []
-    for row in rows:
-        d = row.to_dict()
-        if row.error:
-            body.append((_shorten(row.file, 60), "-", "ERROR", "-", "-", "-", "-", row.error))
+    for d in rows:
+        if d["error"]:
+            body.append((_shorten(d["file"], 60), "-", "ERROR", "-", "-", "-", "-", d["error"]))
             continue
         loc = d["localizer_verdict"]
         body.append(
             (
-                _shorten(row.file, 60),
+                _shorten(d["file"], 60),
                 _fmt(d["organ"]),
                 _fmt(d["verdict"]).upper() if d["verdict"] == "fake" else _fmt(d["verdict"]),
                 _fmt(d["fake_probability"]),
@@ -111,18 +121,17 @@ def format_table(rows: Sequence[ScanRow], summary: Summary) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_json(rows: Sequence[ScanRow], summary: Summary) -> str:
-    doc = {"summary": asdict(summary), "results": [r.to_dict() for r in rows]}
+def format_json(rows: Sequence[Record], summary: Summary) -> str:
+    doc = {"summary": asdict(summary), "results": list(rows)}
     return json.dumps(doc, indent=2) + "\n"
 
 
-def format_csv(rows: Sequence[ScanRow]) -> str:
+def format_csv(rows: Sequence[Record]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        d = row.to_dict()
-        probs = d.pop("probabilities") or {}
+    for d in rows:
+        probs = d.get("probabilities") or {}
         record = {k: d.get(k) for k in CSV_COLUMNS}
         record["boxes"] = json.dumps(d["boxes"]) if d["boxes"] is not None else None
         for name in CLASS_NAMES:
@@ -131,10 +140,12 @@ def format_csv(rows: Sequence[ScanRow]) -> str:
     return buf.getvalue()
 
 
-def format_report(fmt: str, rows: Sequence[ScanRow], summary: Summary) -> str:
-    """The report in ``fmt``: ``table``, ``json`` or ``csv``."""
+def format_report(fmt: str, rows: Sequence[Record], summary: Summary) -> str:
+    """The report in ``fmt``: ``table``, ``json``, ``csv`` or ``jsonl`` (all rows at once)."""
     if fmt == "table":
         return format_table(rows, summary)
     if fmt == "json":
         return format_json(rows, summary)
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
     return format_csv(rows)

@@ -130,7 +130,7 @@ def test_json_report_has_known_classes_probabilities_and_boxes(
         "--artifacts",
         str(fake_brain_artifacts),
     )
-    assert code == 0  # fakes found, but --fail-on-fake was not given
+    assert code == 2  # an unreadable file: the audit has a hole (fakes alone would give 0)
     assert report["summary"] == {
         "files": 3,
         "fake": 2,
@@ -169,7 +169,7 @@ def test_table_lists_every_file_and_the_summary(
 ) -> None:
     code = main(["scan", *map(str, images.values()), "--artifacts", str(fake_brain_artifacts)])
     out = capsys.readouterr().out
-    assert code == 0
+    assert code == 2  # notes.png is not an image
     lines = out.splitlines()
     header = ["file", "organ", "verdict", "P(fake)", "in-dist", "manipulated", "boxes"]
     assert lines[0].split() == header
@@ -200,7 +200,7 @@ def test_csv_output_file_parses_back(
         ]
     )
     captured = capsys.readouterr()
-    assert code == 0 and captured.out == ""  # the report went to the file
+    assert code == 2 and captured.out == ""  # the report went to the file
     assert captured.err.strip().endswith("2 files, 1 fake, 1 manipulated, 0 uncertain, 1 error")
     reader = csv.DictReader(io.StringIO(out_file.read_text()))
     assert tuple(reader.fieldnames) == CSV_COLUMNS
@@ -215,11 +215,14 @@ def test_fail_on_fake_exit_codes(
     capsys, fake_brain_artifacts: Path, real_chest_artifacts: Path, images: dict[str, Path]
 ) -> None:
     png = str(images["png"])
-    assert main(["scan", png, "--artifacts", str(fake_brain_artifacts), "--fail-on-fake"]) == 2
+    assert main(["scan", png, "--artifacts", str(fake_brain_artifacts), "--fail-on-fake"]) == 1
+    assert main(["scan", png, "--artifacts", str(fake_brain_artifacts)]) == 0  # not asked
     assert main(["scan", png, "--artifacts", str(real_chest_artifacts), "--fail-on-fake"]) == 0
-    # An unreadable file is an error row, not a failure of the audit.
+    # An unreadable file is an error: exit 2, even beside a fake (errors win over findings).
     args = [str(images["txt"]), "--artifacts", str(real_chest_artifacts), "--fail-on-fake"]
-    assert main(["scan", *args]) == 0
+    assert main(["scan", *args]) == 2
+    args = [png, str(images["txt"]), "--artifacts", str(fake_brain_artifacts), "--fail-on-fake"]
+    assert main(["scan", *args]) == 2
     capsys.readouterr()
 
 
@@ -337,17 +340,19 @@ def test_folder_scan_recursive_and_batched(
         (["scan", "{png}", "--device", "abacus"], "--device"),
         (["scan", "{png}", "--format", "xml"], "invalid choice"),
         (["scan", "{tmp}/nested"], "--recursive"),
+        (["scan", "{png}", "--resume"], "--resume needs --format jsonl"),
+        (["scan", "{png}", "--token", "t"], "--token is for --server"),
         ([], "usage"),
     ],
 )
-def test_usage_errors_exit_1_with_a_message(
+def test_usage_errors_exit_2_with_a_message(
     capsys, tmp_path: Path, images: dict[str, Path], args: list[str], message: str
 ) -> None:
     (tmp_path / "nested" / "inner").mkdir(parents=True)
     args = [a.format(png=images["png"], tmp=tmp_path) for a in args]
     with pytest.raises(SystemExit) as exc_info:
         raise SystemExit(main(args))
-    assert exc_info.value.code == 1
+    assert exc_info.value.code == 2
     assert message in capsys.readouterr().err
 
 
@@ -358,7 +363,7 @@ def test_missing_localizer_is_fine_with_localize_never(
     only_clf.mkdir()
     (only_clf / "synthesis8").symlink_to(fake_brain_artifacts / "synthesis8")
     png = str(images["png"])
-    assert main(["scan", png, "--artifacts", str(only_clf)]) == 1
+    assert main(["scan", png, "--artifacts", str(only_clf)]) == 2
     assert "manipulation_density" in capsys.readouterr().err
     code, report = _scan_json(capsys, png, "--artifacts", str(only_clf), "--localize", "never")
     assert code == 0 and report["results"][0]["manipulated"] is None
@@ -376,3 +381,42 @@ def test_console_script_help_and_version() -> None:
     )
     out = subprocess.run([script, "version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("medfakedet 0.")
+
+
+def test_rows_carry_the_file_and_model_hashes_and_uncertain_can_fail(
+    capsys, tmp_path: Path, unlike_artifacts: Path, images: dict[str, Path]
+) -> None:
+    import hashlib
+
+    png, art = images["png"], str(unlike_artifacts)
+    _, report = _scan_json(capsys, str(png), "--artifacts", art)
+    (row,) = report["results"]
+    assert row["sha256"] == hashlib.sha256(png.read_bytes()).hexdigest()
+    for kind, key in (("synthesis8", "model_sha256"), ("manipulation_density", "localizer_sha256")):
+        weights = unlike_artifacts / kind / "model.safetensors"
+        assert row[key] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert main(["scan", str(png), "--artifacts", art, "--fail-on-fake"]) == 0
+    assert main(["scan", str(png), "--artifacts", art, "--fail-on-uncertain"]) == 1
+    capsys.readouterr()
+
+
+def test_html_report_offline_holds_pictures_and_hashes(
+    capsys, tmp_path: Path, fake_brain_artifacts: Path, images: dict[str, Path]
+) -> None:
+    out = tmp_path / "audit.html"
+    args = [str(images["png"]), str(images["jpg"]), "--artifacts", str(fake_brain_artifacts)]
+    assert main(["scan", *args, "--format", "html", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "http://" not in text and "https://" not in text  # nothing to fetch
+    assert text.count("data:image/png;base64,") == 4  # a preview and a heatmap per file
+    assert text.count("<rect ") == 2  # the one whole-image box of each file
+    assert '<rect x="0" y="0" width="200" height="150"' in text
+    assert "density heatmap" in text
+    assert hashlib_of(images["png"]) in text
+    capsys.readouterr()
+
+
+def hashlib_of(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
