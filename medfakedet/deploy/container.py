@@ -1,4 +1,4 @@
-"""The container's entry command: ``python -m medfakedet.deploy.container ROLE``.
+"""The container's entry command: ``python -m medfakedet.deploy.container torchserve|nginx|all``.
 
 One image, three uses (``config/Dockerfile``; tini is PID 1 and hands SIGTERM to this process):
 
@@ -11,8 +11,8 @@ One image, three uses (``config/Dockerfile``; tini is PID 1 and hands SIGTERM to
   TorchServe's metrics on a port of its own. Kubernetes: the sidecar.
 * ``all``: both in one container (``docker run``, KServe).
 
-``probe`` is the startup/readiness check of the TorchServe container: both models READY, and
-with ``--require-cuda`` on a GPU. SIGTERM drains: nginx gets SIGQUIT (it finishes open requests,
+The TorchServe container's startup/readiness check is :mod:`medfakedet.probe` (no torch import,
+for a kubelet exec probe). SIGTERM drains: nginx gets SIGQUIT (it finishes open requests,
 takes no new ones), TorchServe SIGTERM (its own clean stop); both are waited for.
 
 Paths and ports default to the image's layout and can be set by environment or flags; the test
@@ -22,27 +22,26 @@ Paths and ports default to the image's layout and can be set by environment or f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from medfakedet.deploy.config import DEFAULT_PORTS, MODELS, REPO_ROOT, StackConfig, find_tool
-from medfakedet.deploy.java import java_env
 from medfakedet.deploy.render import render_nginx_config, render_template, render_torchserve_config
-from medfakedet.deploy.stack import read_keys
+from medfakedet.deploy.stack import read_keys, torchserve_env
 
 HOME = Path(os.environ.get("MEDFAKEDET_HOME", "/home/model-server"))
 #: nginx snippets that only a container includes (``include .../nginx.d/<context>/*.conf``).
 SNIPPETS = REPO_ROOT / "config" / "nginx.d"
+#: The entry command's roles (config/Dockerfile's CMD is "all"; Kubernetes' pods use the others).
+ROLES = ("torchserve", "nginx", "all")
 #: What a token may hold: it is written into nginx.conf, so no quotes, spaces or semicolons.
 TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
 
@@ -123,16 +122,7 @@ def start_torchserve(layout: Layout) -> subprocess.Popen:
             f"{layout.config} turns token authorization off; a container keeps it on (remove "
             "disable_token_authorization)"
         )
-    tmp = cfg.run_dir / "tmp"
-    tmp.mkdir(exist_ok=True)
-    env = {
-        **os.environ,
-        **java_env(),
-        "TMPDIR": str(tmp),
-        "TEMP": str(tmp),
-        "LOG_LOCATION": str(layout.log_dir),
-        "METRICS_LOCATION": str(layout.log_dir),
-    }
+    env = torchserve_env(cfg)
     cmd = [
         find_tool("torchserve"), "--start", "--foreground", "--ncs",
         "--ts-config", str(ts_config), "--model-store", str(layout.model_store),
@@ -235,27 +225,6 @@ def _wait(proc: subprocess.Popen, timeout: float) -> None:
         proc.wait()
 
 
-def probe(layout: Layout, require_cuda: bool) -> str:
-    """'' when both models have READY workers (on a GPU with ``require_cuda``), else why not."""
-    keys = read_keys(layout.log_dir / "run")
-    if not keys:
-        return "TorchServe has not written key_file.json yet"
-    port = layout.ports["management"]
-    for model in MODELS:
-        url = f"http://127.0.0.1:{port}/models/{model}"
-        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {keys['management']}"})
-        try:
-            with urllib.request.urlopen(req, timeout=4) as answer:
-                workers = json.load(answer)[0].get("workers", [])
-        except (OSError, ValueError, LookupError) as e:
-            return f"{model}: {e}"
-        if not workers or any(w.get("status") != "READY" for w in workers):
-            return f"{model}: workers not READY ({[w.get('status') for w in workers]})"
-        if require_cuda and not all(w.get("gpu") for w in workers):
-            return f"{model}: a worker runs without a GPU, and this pod must use CUDA"
-    return ""
-
-
 #: Path options: flag, environment variable, default (the image's layout).
 PATH_OPTIONS = (
     ("--config", "MEDFAKEDET_CONFIG", HOME / "config" / "config.properties"),
@@ -274,7 +243,7 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("role", choices=("torchserve", "nginx", "all", "probe"))
+    parser.add_argument("role", choices=ROLES)
     for flag, var, default in PATH_OPTIONS:
         parser.add_argument(flag, type=Path, default=Path(env(var, default)), help=f"${var}")
     public = [("--port", "MEDFAKEDET_PORT", 8000)]
@@ -290,7 +259,6 @@ def _parser() -> argparse.ArgumentParser:
         default=float(env("MEDFAKEDET_GRACE_S", "25")),
         help="seconds each process gets to stop before SIGKILL",
     )
-    parser.add_argument("--require-cuda", action="store_true", help="probe: workers on a GPU")
     return parser
 
 
@@ -303,11 +271,6 @@ def main(argv: list[str] | None = None) -> int:
         args.token_file, ports,
     )  # fmt: skip
     try:
-        if args.role == "probe":
-            why = probe(layout, args.require_cuda)
-            if why:
-                print(f"not ready: {why}", file=sys.stderr)
-            return 1 if why else 0
         return Supervisor(layout, args.grace).run(args.role)
     except ContainerError as e:
         print(f"medfakedet container: {e}", file=sys.stderr)

