@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 #: the worker sleep that many seconds. Nothing in deploy or the container sets it.
 HANG_ENV = "MEDFAKEDET_TEST_HANG_SECONDS"
 HANG_MARKER = b"MEDFAKEDET-TEST-HANG"
+#: Set on a request answered with our own 5xx (config/nginx.conf passes those on as 500).
+INTERNAL_ERROR_HEADER = "X-MedFakeDet-Error"
 
 
 class PredictorHandler:
@@ -72,8 +74,11 @@ class PredictorHandler:
         )
         results = [strict_or_error(r) for r in results]
         bodies = [strict_json(b) for b in responses(results, context.set_response_status)]
-        for idx in range(len(bodies)):
+        for idx, result in enumerate(results):
             context.set_response_content_type(idx, "application/json")
+            if isinstance(result, PredictionError) and result.status >= 500:
+                # nginx reads TorchServe's own 500 as a body its decoder refused: this says ours
+                context.set_response_header(idx, INTERNAL_ERROR_HEADER, "internal")
         return bodies
 
     def _answer_each(self, data: list, context: Any) -> tuple[list, dict[str, int]]:

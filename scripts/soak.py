@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
-    with ThreadPoolExecutor(32) as pool, tqdm(total=int(args.seconds), unit="s") as bar:
+    bar = tqdm(total=int(args.seconds), unit="s", mininterval=1.0)
+    with ThreadPoolExecutor(32) as pool, bar:
         futures, i = [], 0
         while (elapsed := time.time() - t_start) < args.seconds:
             due = t_start + i / rate  # open loop: requests leave on schedule
@@ -103,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             futures.append(pool.submit(one, args.base_url, i))
             i += 1
-            bar.n = int(elapsed)
-            bar.refresh()
+            bar.update(int(elapsed) - bar.n)
         results = [f.result() for f in futures]
     stop.set()
     sampler.join()

@@ -23,6 +23,7 @@ class Context:
         self.headers = headers or []
         self.statuses: dict[int, tuple[int, str]] = {}
         self.content_types: dict[int, str] = {}
+        self.response_headers: dict[int, dict[str, str]] = {}
 
     def get_request_header(self, idx: int, key: str):
         return self.headers[idx].get(key)
@@ -32,6 +33,9 @@ class Context:
 
     def set_response_content_type(self, idx: int, value: str) -> None:
         self.content_types[idx] = value
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.response_headers.setdefault(idx, {})[key] = value
 
 
 def handled(handler, rows: list, ctx: Context) -> list[dict]:
@@ -82,3 +86,46 @@ def test_density_handler_applies_per_row_params(density_dir, caplog):  # noqa: F
 def test_initialize_refuses_the_other_models_artifact(s8_dir):  # noqa: F811
     with pytest.raises(Exception, match="manipulation_density artifact"):
         ManipulationDensityHandler().initialize(Context(s8_dir))
+
+
+def test_an_exception_in_a_batch_fails_only_the_request_that_raises_it(s8_dir, monkeypatch):  # noqa: F811
+    """A bug that one input reaches (simulated: the predictor raises on that input) must not
+    fail the batch: TorchServe would answer 503 to every request in it."""
+    handler = Synthesis8Handler()
+    handler.initialize(Context(s8_dir))
+    answer = handler.predictor.answer
+
+    def raising(items, *args, **kwargs):
+        if any(item == b"BOOM" for item in items):
+            raise RuntimeError("a bug")
+        return answer(items, *args, **kwargs)
+
+    monkeypatch.setattr(handler.predictor, "answer", raising)
+    ctx = Context(s8_dir, headers=[{}, {}, {"explain": "True"}])
+    out = handled(handler, [{"image": _png(1)}, {"image": b"BOOM"}, {"image": _png(2)}], ctx)
+    assert out[0]["probabilities"] and "heatmap_png" not in out[0]
+    assert out[1] == {"error": "internal error while answering this request", "status": 500}
+    assert out[2]["explanation"]["method"] == "grad-cam"  # its own explain flag, kept
+    assert ctx.statuses.keys() == {1} and ctx.statuses[1][0] == 500
+    assert ctx.response_headers == {1: {"X-MedFakeDet-Error": "internal"}}
+
+
+def test_a_non_finite_result_is_that_requests_422_and_the_body_is_strict_json(
+    s8_dir,  # noqa: F811
+    monkeypatch,
+):
+    handler = Synthesis8Handler()
+    handler.initialize(Context(s8_dir))
+    answer = handler.predictor.answer
+
+    def with_nan(items, *args, **kwargs):
+        results = answer(items, *args, **kwargs)
+        results[1]["probabilities"]["brain_real"] = float("nan")
+        return results
+
+    monkeypatch.setattr(handler.predictor, "answer", with_nan)
+    ctx = Context(s8_dir, headers=[{}, {}])
+    out = handled(handler, [{"image": _png(1)}, {"image": _png(2)}], ctx)  # parses strictly
+    assert out[0]["probabilities"]
+    assert out[1]["status"] == 422 and "non-finite" in out[1]["error"]
+    assert ctx.statuses[1][0] == 422
