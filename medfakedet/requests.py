@@ -125,7 +125,7 @@ def _parse_fields(
         if not fields:
             raise RequestError(f"empty request: no image was received; {_HOW_TO_SEND}")
         raise RequestError(
-            f"no image in the request (got fields {', '.join(sorted(map(str, fields)))}); "
+            f"no image in the request (got fields {_names(sorted(map(str, fields)))}); "
             + _HOW_TO_SEND
         )
     if len(image_keys) > 1:
@@ -138,10 +138,17 @@ def _parse_fields(
     if unknown:
         accepted = ", ".join(("image", *allowed_fields))
         raise RequestError(
-            f"unknown field(s) {', '.join(repr(u) for u in unknown)}; this endpoint accepts: "
+            f"unknown field(s) {_names([repr(u) for u in unknown])}; this endpoint accepts: "
             f"{accepted}"
         )
     return ParsedRequest(image, {k: _as_text(v, k) for k, v in fields.items()})
+
+
+def _names(names: Sequence[str], most: int = 10) -> str:
+    """The first ``most`` names, and how many more: a request with 20,000 fields gets a short
+    message (a long answer made TorchServe drop the connection mid-response)."""
+    shown = ", ".join(str(n)[:64] for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _finite_number(value: Any, problem: str) -> float:

@@ -13,7 +13,13 @@ import pytest
 from PIL import Image
 
 from medfakedet.deadline import time_limit
-from medfakedet.decoding import SERVING_LIMITS, DecodeLimits, DecodeTimeoutError, block_reduce
+from medfakedet.decoding import (
+    SERVING_LIMITS,
+    DecodeLimits,
+    DecodeTimeoutError,
+    block_reduce,
+    reduce_factor,
+)
 from medfakedet.imaging import (
     TooManyPixelsError,
     TruncatedImageError,
@@ -91,3 +97,16 @@ def test_time_limit_stops_python_code_with_a_413() -> None:
     with time_limit(0.2):  # a block that ends in time leaves no alarm behind
         pass
     time.sleep(0.3)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "long"),
+    [(8192, 8192, False), (4000, 3000, False), (512, 8192, True), (300, 100_000, True)],
+)
+def test_a_reduced_image_keeps_at_most_4_working_sides_squared_pixels(width, height, long):
+    """The batch's memory budget: 8 reduced images of at most 1 M pixels (12 MiB float32 RGB);
+    the shorter side stays >= the working side unless the image is very long."""
+    k = reduce_factor(width, height, SERVING_LIMITS)
+    side = SERVING_LIMITS.working_side
+    assert (width // k) * (height // k) <= 4 * side * side
+    assert (min(width, height) // k >= side) is not long

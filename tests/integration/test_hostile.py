@@ -23,6 +23,8 @@ from hostile_requests import (
     hostile_failures,
     hostile_requests,
     kill_worker_under_load,
+    multipart,
+    rect_image,
     run_mixed,
     send,
     upload,
@@ -179,3 +181,17 @@ def test_production_start_waits_with_the_token_and_nginx_passes_it(token_stack):
     assert 400 <= without.status < 500 and without.json()
     image.headers.update(auth)
     check_valid(image, send(base, image))
+
+
+def test_20000_parts_get_a_short_json_400_not_a_dropped_connection(stack):
+    """Issue #11: "a request with very many parts lost its connection mid-response" (the 400
+    named every unknown field; TorchServe reset the connection while sending it)."""
+    fields = [("image", "a.png", rect_image(1))] + [(f"f{i}", None, b"1") for i in range(20000)]
+    probe = multipart(fields)
+    probe.path = S8
+    start = time.perf_counter()
+    answer = send(stack.base_url, probe)
+    print(f"20000 parts: {answer.status} in {time.perf_counter() - start:.1f} s")
+    assert answer.status == 400 and len(answer.body) < 2000
+    assert "unknown field(s) 'f0', 'f1', 'f10'" in answer.json()["error"]
+    assert "and 19990 more" in answer.json()["error"]
