@@ -11,6 +11,7 @@ stops everything with exit code 0.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -188,6 +189,21 @@ def test_probe_requires_cuda_when_asked(container, capsys):
     assert container.probe() == 0
     assert container.probe("--require-cuda") == 1
     assert "without a GPU, and this pod must use CUDA" in capsys.readouterr().err
+
+
+def test_the_cli_scans_through_the_front_door_with_the_token(container, tmp_path):
+    """`medfakedet scan --server URL --token T`, as against a cluster's Ingress URL."""
+    for i in range(3):
+        (tmp_path / f"scan{i}.png").write_bytes(rect_png(box=(20 + 10 * i, 32, 80, 64)))
+    scan = [sys.executable, "-m", "medfakedet.cli", "scan", str(tmp_path), "--format", "json"]
+    scan += ["--server", container.base_url, "--retries", "0"]
+    done = subprocess.run(scan + ["--token", TOKEN], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["summary"]["files"] == report["summary"]["manipulated"] == 3
+    assert [r["status"] for r in report["results"]] == ["ok"] * 3, report["results"]
+    refused = subprocess.run(scan, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2  # every file an error: 401 without the token
 
 
 def test_sigterm_drains_an_open_request_then_stops_everything(container):
