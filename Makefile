@@ -126,8 +126,18 @@ status: setup
 bench: setup
 	$(PY) -m loadtests.benchmark
 
+# Locust against LOADTEST_URL (any base URL: make serve's nginx, a cluster's ingress); the shape
+# (ramp to MEDFAKEDET_USERS over MEDFAKEDET_RAMP_S, hold MEDFAKEDET_HOLD_S) is in the locustfile.
+# MEDFAKEDET_IMAGES=DIR posts a folder of real scans; MEDFAKEDET_TOKEN is sent as a Bearer token.
+# Reports (git-ignored): $(LOADTEST_REPORTS)/loadtest_stats.csv (+ _failures, _exceptions,
+# _stats_history) and loadtest.html.
+LOADTEST_URL ?= http://127.0.0.1:8000
+LOADTEST_REPORTS ?= loadtests/reports
 loadtest: setup
-	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 16 -r 4 -t 60s --host http://127.0.0.1:8000
+	@mkdir -p $(LOADTEST_REPORTS)
+	$(VENV)/bin/locust -f loadtests/locustfile.py --headless --host $(LOADTEST_URL) --only-summary \
+		--csv $(LOADTEST_REPORTS)/loadtest --csv-full-history --html $(LOADTEST_REPORTS)/loadtest.html
+	@echo "reports: $(LOADTEST_REPORTS)/loadtest_stats.csv, $(LOADTEST_REPORTS)/loadtest.html"
 
 # The serving image: nginx + TorchServe + handlers, no training stack, no models (a volume).
 image:

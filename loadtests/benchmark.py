@@ -7,14 +7,17 @@ For each endpoint and concurrency level, ``--requests`` uploads (the same PNGs e
 sent from that many threads; every answer is checked (status 200 + schema). The baseline rows
 time the same images through the offline predictors of ``--artifacts`` in this process, one
 image per call (what a single request costs without HTTP, queueing and batching); they are
-skipped with a note when the artifacts are missing. Only loopback URLs are accepted: this is a
-benchmark of a local deployment, not a load generator for other people's servers.
+skipped with a note when the artifacts are missing. ``--url`` is any http(s) base URL: the local
+nginx, or a cluster's ingress (then the machine facts in the table are the client's, and the
+in-process rows are this machine's). ``--token`` (or ``MEDFAKEDET_TOKEN``) is sent as
+``Authorization: Bearer``; ``--images-dir DIR`` posts the scans of a folder instead of the PNGs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import threading
@@ -27,10 +30,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from loadtests import ENDPOINTS, SampleImage, sample_images
+from loadtests import ENDPOINTS, SampleImage, folder_images, sample_images
 from medfakedet.schema import error_message, result_problem
 
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 MAX_REQUESTS = 10_000
 MAX_CONCURRENCY = 256
 WARMUP_REQUESTS = 4
@@ -87,10 +89,6 @@ def summarize(
 
 
 # ------------------------------------------------------------------------------------- server
-def _form(endpoint: str) -> dict[str, str]:
-    return {"thr": "0.28", "min_area": "20"} if endpoint == "manipulation_density" else {}
-
-
 def bench_server(
     url: str,
     endpoint: str,
@@ -98,9 +96,13 @@ def bench_server(
     n_requests: int,
     concurrency: int,
     timeout: float = 120.0,
+    token: str | None = None,
 ) -> Row:
-    """``n_requests`` uploads from ``concurrency`` threads, each with its own HTTP session."""
+    """``n_requests`` uploads from ``concurrency`` threads, each with its own HTTP session; the
+    localizer runs with its calibrated parameters (no form fields)."""
     import requests
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     local = threading.local()
 
@@ -113,8 +115,8 @@ def bench_server(
         try:
             r = session.post(
                 f"{url}/detect/{endpoint}",
-                files={"image": (image.name, image.data, "image/png")},
-                data=_form(endpoint),
+                files={"image": (image.name, image.data, image.content_type)},
+                headers=headers,
                 timeout=timeout,
             )
         except requests.RequestException as e:
@@ -261,12 +263,11 @@ def _concurrency_list(text: str) -> list[int]:
     return levels
 
 
-def _loopback_url(text: str) -> str:
+def _base_url(text: str) -> str:
     parsed = urlparse(text)
-    if parsed.scheme not in ("http", "https") or parsed.hostname not in LOOPBACK_HOSTS:
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise argparse.ArgumentTypeError(
-            f"--url must be an http URL on this machine ({', '.join(sorted(LOOPBACK_HOSTS))}), "
-            f"got {text!r}"
+            f"--url must be an http(s) base URL like http://127.0.0.1:8000, got {text!r}"
         )
     return text.rstrip("/")
 
@@ -277,10 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--url",
-        type=_loopback_url,
+        type=_base_url,
         default="http://127.0.0.1:8000",
-        help="the local service (nginx); default %(default)s",
+        help="the service: local nginx or a cluster's URL; default %(default)s",
     )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("MEDFAKEDET_TOKEN"),
+        help="inference token, sent as Authorization: Bearer (default: $MEDFAKEDET_TOKEN)",
+    )
+    p.add_argument("--images-dir", type=Path, help="post the scans of this folder instead")
     p.add_argument("--requests", type=int, default=200, help="requests per level (default 200)")
     p.add_argument(
         "--concurrency",
@@ -311,14 +318,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import requests
 
-        requests.get(f"{args.url}/ping", timeout=10)
+        headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+        requests.get(f"{args.url}/ping", headers=headers, timeout=10)
     except requests.RequestException as e:
         print(
             f"cannot reach {args.url}: {e}\nstart the service first (make serve)", file=sys.stderr
         )
         return 1
     endpoints = ENDPOINTS if args.endpoint == "both" else (args.endpoint,)
-    images = sample_images(count=max(1, args.images), size=args.size)
+    if args.images_dir:
+        images = folder_images(args.images_dir, limit=max(1, args.images))
+    else:
+        images = sample_images(count=max(1, args.images), size=args.size)
     brain = [im for im in images if im.organ == "brain"] or images
     machine = machine_info()
     rows: list[Row] = []
@@ -336,7 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"{endpoint}: {args.requests} requests at concurrency {level}...", file=sys.stderr
             )
-            rows.append(bench_server(args.url, endpoint, used, args.requests, level))
+            rows.append(
+                bench_server(args.url, endpoint, used, args.requests, level, token=args.token)
+            )
     print(format_table(rows, machine))
     for note in notes:
         print(f"note: {note}")

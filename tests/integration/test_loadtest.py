@@ -1,0 +1,45 @@
+"""``make loadtest`` against the real stack: a 20-second headless locust run (ramp 5 s, hold
+15 s) of every user class over the procedural format mix, whose CSV and HTML reports must show
+requests on every endpoint and no failure."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_make_loadtest_writes_reports_without_failures(stack, tmp_path) -> None:
+    reports = tmp_path / "reports"
+    env = {
+        **os.environ,
+        "MEDFAKEDET_USERS": "6",
+        "MEDFAKEDET_RAMP_S": "5",
+        "MEDFAKEDET_HOLD_S": "15",
+    }
+    env.pop("MEDFAKEDET_IMAGES", None)  # the procedural mix: DICOM, 16-bit PNG, JPEG, X-rays
+    done = subprocess.run(
+        ["make", "-s", "-o", ".venv/.medfakedet-installed", "loadtest",
+         f"LOADTEST_URL={stack.base_url}", f"LOADTEST_REPORTS={reports}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = list(csv.DictReader((reports / "loadtest_stats.csv").open()))
+    seen = {r["Name"]: (r["Request Count"], r["Median Response Time"]) for r in rows}
+    print(seen)  # requests and median ms per name (shown with pytest -s)
+    total = next(r for r in rows if r["Name"] == "Aggregated")
+    assert int(total["Request Count"]) >= 10, seen
+    assert int(total["Failure Count"]) == 0, (reports / "loadtest_failures.csv").read_text()
+    names = {r["Name"] for r in rows}
+    for wanted in ("/detect/synthesis8 [dicom]", "/detect/synthesis8 raw [", "/detect/manip"):
+        assert any(n.startswith(wanted) for n in names), seen
+    assert (reports / "loadtest_failures.csv").read_text().count("\n") == 1  # the header only
+    html = (reports / "loadtest.html").read_text()
+    assert "<html" in html.lower() and "/detect/synthesis8" in html
