@@ -24,17 +24,18 @@ MODELS = ("synthesis8", "manipulation_density")
 RUN_DIR = Path(os.environ.get("MEDFAKEDET_LOG_DIR", "/home/model-server/logs")) / "run"
 
 
-def management_key(run_dir: Path) -> str:
-    """The management key TorchServe wrote at its start ('' before that)."""
+def torchserve_key(run_dir: Path, kind: str = "management") -> str:
+    """A key TorchServe wrote at its start to ``run_dir/key_file.json`` ("management",
+    "inference" or "API"; '' before that)."""
     try:
-        return json.loads((run_dir / "key_file.json").read_text())["management"]["key"]
+        return json.loads((run_dir / "key_file.json").read_text())[kind]["key"]
     except (OSError, ValueError, LookupError, TypeError):
         return ""
 
 
 def not_ready(run_dir: Path, port: int, require_cuda: bool = False) -> str:
     """'' when every model has only READY workers (on a GPU with ``require_cuda``), else why."""
-    key = management_key(run_dir)
+    key = torchserve_key(run_dir)
     if not key:
         return f"no key_file.json in {run_dir} yet: TorchServe is starting"
     for model in MODELS:

@@ -6,6 +6,7 @@ the Java a fresh machine gets (issue #14).
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from medfakedet.deploy.container import ROLES
+from medfakedet.deploy.container import main as container_main
 from medfakedet.deploy.java import have_java, java_env, java_major, system_java
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,3 +218,38 @@ def test_torchserve_gets_the_wheels_java_when_the_machine_has_none(tmp_path, mon
     assert env["JAVA_HOME"] == str(real_home)
     assert env["PATH"].startswith(f"{real_home / 'bin'}{os.pathsep}")
     assert java_major(str(Path(env["JAVA_HOME"]) / "bin" / "java")) >= 17
+
+
+# ------------------------------------------------------------------------ entry command
+@pytest.mark.skipif(not Path("/usr/sbin/nginx").is_file(), reason="nginx is not installed")
+def test_render_nginx_writes_a_config_nginx_accepts_with_the_front_door(
+    tmp_path, monkeypatch, capsys
+):
+    """What the front door (and the `all` role) render: nginx -t accepts it; it listens on all
+    interfaces, maps the token, sends TorchServe's key upstream; a bad or missing token is a
+    clear exit 2."""
+    run = tmp_path / "logs" / "run"
+    run.mkdir(parents=True)
+    # key_file.json as TorchServe 0.12 writes it.
+    keys = {k: {"key": f"{k}-key-abc", "expiration time": "2036-01-01T00:00:00Z"}
+            for k in ("management", "inference")} | {"API": {"key": "api-key"}}  # fmt: skip
+    (run / "key_file.json").write_text(json.dumps(keys))
+    flags = ["--log-dir", str(tmp_path / "logs"), "--token-file", str(tmp_path / "none")]
+    monkeypatch.setenv("MEDFAKEDET_TOKEN", "0123456789abcdef-token")
+    assert container_main(["render-nginx", *flags, "--port", "18000"]) == 0
+    conf = (run / "nginx.conf").read_text()
+    assert "listen 0.0.0.0:18000;" in conf
+    http = (run / "nginx.d/http/front-door.conf").read_text()
+    server = (run / "nginx.d/server/front-door.conf").read_text()
+    assert '"0:Bearer 0123456789abcdef-token" 0;' in http and "listen 0.0.0.0:9082;" in http
+    assert 'proxy_set_header Authorization "Bearer inference-key-abc";' in server
+    assert oct((run / "nginx.d/server/front-door.conf").stat().st_mode & 0o777) == "0o600"
+    checked = subprocess.run(
+        ["/usr/sbin/nginx", "-t", "-e", "stderr", "-c", str(run / "nginx.conf"),
+         "-p", str(run / "nginx")], capture_output=True, text=True,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    for token, message in (("", "no token"), ("short", "needs 16-512 of")):
+        monkeypatch.setenv("MEDFAKEDET_TOKEN", token)
+        assert container_main(["render-nginx", *flags]) == 2
+        assert message in capsys.readouterr().err

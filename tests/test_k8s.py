@@ -138,7 +138,9 @@ def test_pod_is_nginx_in_front_of_torchserve_non_root_pinned_and_drains(rendered
     }
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"]
     cs = containers(dep)
-    assert [cs["nginx"]["args"], cs["torchserve"]["args"]] == [["nginx"], ["torchserve"]]
+    # The image's entry command for TorchServe; the torch-free front door for nginx.
+    assert cs["torchserve"]["args"] == ["torchserve"] and "command" not in cs["torchserve"]
+    assert cs["nginx"]["command"] == ["/usr/bin/tini", "--", "python", "-m", "medfakedet.frontdoor"]
     for c in pod["containers"] + pod["initContainers"]:
         sc = c["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True

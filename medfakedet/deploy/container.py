@@ -1,19 +1,22 @@
-"""The container's entry command: ``python -m medfakedet.deploy.container torchserve|nginx|all``.
+"""The container's entry command: ``python -m medfakedet.deploy.container ROLE``.
 
-One image, three uses (``config/Dockerfile``; tini is PID 1 and hands SIGTERM to this process):
+One image (``config/Dockerfile``; tini is PID 1 and hands SIGTERM to this process), roles:
 
 * ``torchserve``: TorchServe with both models, everything on loopback (inference, management,
   metrics, gRPC), token authorization on. Kubernetes: the main container.
-* ``nginx``: nginx from the same template as ``make serve`` (``config/nginx.conf``, rendered by
-  :func:`~medfakedet.deploy.render.render_nginx_config`), listening on all interfaces: the only
-  door. It checks the client's token (a Kubernetes Secret, or ``MEDFAKEDET_TOKEN``), forwards
-  with TorchServe's own key (``key_file.json``, re-read when TorchServe restarts) and serves
-  TorchServe's metrics on a port of its own. Kubernetes: the sidecar.
-* ``all``: both in one container (``docker run``, KServe).
+* ``all``: TorchServe and nginx in one container (``docker run``, KServe).
+* ``nginx``: nginx alone, for a TorchServe in another container of the pod. Kubernetes runs the
+  same thing as ``python -m medfakedet.frontdoor``, which needs no torch in memory.
+* ``render-nginx``: write nginx.conf for the current key and token, and exit (what the
+  front door runs at start and when either changes).
 
-The TorchServe container's startup/readiness check is :mod:`medfakedet.probe` (no torch import,
-for a kubelet exec probe). SIGTERM drains: nginx gets SIGQUIT (it finishes open requests,
-takes no new ones), TorchServe SIGTERM (its own clean stop); both are waited for.
+nginx uses the same template as ``make serve`` (``config/nginx.conf``, rendered by
+:func:`~medfakedet.deploy.render.render_nginx_config`) plus the container's snippets
+(``config/nginx.d/``): it listens on all interfaces, checks the client's token (a Kubernetes
+Secret, or ``MEDFAKEDET_TOKEN``), forwards with TorchServe's own key (``key_file.json``) and
+serves TorchServe's metrics on a port of its own. The processes are supervised by
+:class:`medfakedet.frontdoor.Supervisor` (SIGTERM drains: nginx first, then TorchServe); the
+TorchServe container's readiness check is :mod:`medfakedet.probe`.
 
 Paths and ports default to the image's layout and can be set by environment or flags; the test
 (``tests/integration/test_container.py``) runs this command outside Docker with a temp layout.
@@ -23,27 +26,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from medfakedet.deploy.config import DEFAULT_PORTS, MODELS, REPO_ROOT, StackConfig, find_tool
 from medfakedet.deploy.render import render_nginx_config, render_template, render_torchserve_config
-from medfakedet.deploy.stack import read_keys, torchserve_env
+from medfakedet.deploy.stack import torchserve_env
+from medfakedet.frontdoor import PATH_OPTIONS, Supervisor, TokenError, read_token
+from medfakedet.probe import torchserve_key
 
-HOME = Path(os.environ.get("MEDFAKEDET_HOME", "/home/model-server"))
 #: nginx snippets that only a container includes (``include .../nginx.d/<context>/*.conf``).
 SNIPPETS = REPO_ROOT / "config" / "nginx.d"
 #: The entry command's roles (config/Dockerfile's CMD is "all"; Kubernetes' pods use the others).
-ROLES = ("torchserve", "nginx", "all")
-#: What a token may hold: it is written into nginx.conf, so no quotes, spaces or semicolons.
-TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
+ROLES = ("torchserve", "nginx", "all", "render-nginx")
 
 
 class ContainerError(RuntimeError):
@@ -68,30 +65,13 @@ class Layout:
         )  # fmt: skip
 
 
-def read_token(layout: Layout) -> str:
-    """The front door's token: ``MEDFAKEDET_TOKEN``, else the Secret's file."""
-    token = os.environ.get("MEDFAKEDET_TOKEN", "").strip()
-    if not token and layout.token_file.is_file():
-        token = layout.token_file.read_text().strip()
-    if not token:
-        raise ContainerError(
-            f"no token: mount the Secret's key 'token' at {layout.token_file} or set "
-            "MEDFAKEDET_TOKEN (e.g. `openssl rand -hex 32`); the container never runs without one"
-        )
-    if not TOKEN_RE.fullmatch(token):
-        raise ContainerError(
-            f"the token has {len(token)} characters; it needs 16-512 of A-Z a-z 0-9 . _ ~ + / = -"
-        )
-    return token
-
-
-def render_front_door(layout: Layout, token: str, torchserve_key: str) -> Path:
+def render_front_door(layout: Layout, token: str, key: str) -> Path:
     """nginx.conf from the template, plus the container's snippets (token map, key, metrics)."""
     cfg = layout.stack()
     conf = render_nginx_config(cfg, host="0.0.0.0")
     values = {
         "TOKEN": token,
-        "TORCHSERVE_KEY": torchserve_key,
+        "TORCHSERVE_KEY": key,
         "NGINX_HOST": "0.0.0.0",
         "METRICS_PORT": str(layout.ports["nginx_metrics"]),
         "TORCHSERVE_METRICS_PORT": str(layout.ports["metrics"]),
@@ -131,111 +111,6 @@ def start_torchserve(layout: Layout) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=cfg.run_dir, env=env)
 
 
-def start_nginx(layout: Layout, token: str, key: str) -> subprocess.Popen:
-    conf = render_front_door(layout, token, key)
-    nginx = os.environ.get("MEDFAKEDET_NGINX", "/usr/sbin/nginx")
-    prefix = (layout.log_dir / "run" / "nginx").resolve()
-    return subprocess.Popen(
-        [nginx, "-g", "daemon off;", "-e", "stderr", "-c", str(conf), "-p", str(prefix)]
-    )
-
-
-class Supervisor:
-    """Runs the roles' processes; SIGTERM/SIGINT stop them gracefully, in order (nginx first)."""
-
-    def __init__(self, layout: Layout, grace: float) -> None:
-        self.layout, self.grace = layout, grace
-        self.stopping = False
-        self.torchserve: subprocess.Popen | None = None
-        self.nginx: subprocess.Popen | None = None
-        self.key = self.token = ""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        print(f"medfakedet container: {signal.Signals(signum).name}, draining", flush=True)
-        self.stopping = True
-
-    def wait_for_key(self) -> str:
-        """TorchServe's inference key, once it wrote key_file.json ('' when stopping first)."""
-        run_dir = self.layout.log_dir / "run"
-        while not self.stopping:
-            key = read_keys(run_dir).get("inference", "")
-            if key:
-                return key
-            if self.torchserve is not None and self.torchserve.poll() is not None:
-                return ""
-            time.sleep(0.5)
-        return ""
-
-    def run(self, role: str) -> int:
-        self.token = read_token(self.layout) if role in ("nginx", "all") else ""
-        if role in ("torchserve", "all"):
-            self.torchserve = start_torchserve(self.layout)
-        if role in ("nginx", "all"):
-            self.key = self.wait_for_key()
-            if self.key:
-                self.nginx = start_nginx(self.layout, self.token, self.key)
-        while not self.stopping and not any(p.poll() is not None for p in self._procs()):
-            if self.nginx is not None:
-                self._follow_keys()
-            time.sleep(0.5)
-        return self.stop()
-
-    def _procs(self) -> list[subprocess.Popen]:
-        return [p for p in (self.nginx, self.torchserve) if p is not None]
-
-    def _follow_keys(self) -> None:
-        """TorchServe restarted (new keys) or the Secret changed (a mounted Secret's file follows
-        it): re-render and reload nginx (SIGHUP: no downtime)."""
-        key = read_keys(self.layout.log_dir / "run").get("inference", "")
-        try:
-            token = read_token(self.layout)
-        except ContainerError as e:  # keep serving with the last good token
-            token = self.token
-            print(f"medfakedet container: {e}; the previous token stays", file=sys.stderr)
-        if key and (key, token) != (self.key, self.token):
-            self.key, self.token = key, token
-            render_front_door(self.layout, token, key)
-            self.nginx.send_signal(signal.SIGHUP)
-
-    def stop(self) -> int:
-        """Stop nginx (SIGQUIT: finish open requests), then TorchServe; the first exit code that
-        is not 0 wins (0 when everything stopped because we asked)."""
-        codes = [p.poll() for p in self._procs()]
-        if self.nginx is not None and self.nginx.poll() is None:
-            self.nginx.send_signal(signal.SIGQUIT)
-            _wait(self.nginx, self.grace)
-        if self.torchserve is not None and self.torchserve.poll() is None:
-            # The launcher does not pass signals on: stop its java child, and the launcher ends.
-            for child in psutil.Process(self.torchserve.pid).children():
-                child.send_signal(signal.SIGTERM)
-            _wait(self.torchserve, self.grace)
-        failed = [c for c in codes if c not in (None, 0)]
-        return failed[0] if failed else (0 if self.stopping else 1)
-
-
-def _wait(proc: subprocess.Popen, timeout: float) -> None:
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            child.kill()
-        proc.kill()
-        proc.wait()
-
-
-#: Path options: flag, environment variable, default (the image's layout).
-PATH_OPTIONS = (
-    ("--config", "MEDFAKEDET_CONFIG", HOME / "config" / "config.properties"),
-    ("--model-store", "MEDFAKEDET_MODEL_STORE", HOME / "model-store"),
-    # run/ inside the log folder is shared by both containers (key_file.json).
-    ("--log-dir", "MEDFAKEDET_LOG_DIR", HOME / "logs"),
-    ("--web-root", "MEDFAKEDET_WEB_ROOT", Path("/opt/medfakedet/web")),
-    ("--token-file", "MEDFAKEDET_TOKEN_FILE", Path("/var/run/secrets/medfakedet/token")),
-)
-
-
 def _parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(
@@ -267,12 +142,24 @@ def main(argv: list[str] | None = None) -> int:
     ports = {n: getattr(args, f"ts_{n}_port") for n in DEFAULT_PORTS if n != "nginx"}
     ports |= {"nginx": args.port, "nginx_metrics": args.metrics_port}
     layout = Layout(
-        args.config, args.model_store, args.log_dir, args.web_root,
-        args.token_file, ports,
-    )  # fmt: skip
+        args.config, args.model_store, args.log_dir, args.web_root, args.token_file, ports
+    )
+    run_dir = args.log_dir / "run"
+
+    def render() -> Path:
+        key = torchserve_key(run_dir, "inference")
+        if not key:
+            raise ContainerError(f"no TorchServe key in {run_dir}/key_file.json yet")
+        return render_front_door(layout, read_token(args.token_file), key)
+
     try:
-        return Supervisor(layout, args.grace).run(args.role)
-    except ContainerError as e:
+        if args.role == "render-nginx":
+            print(f"wrote {render()}")
+            return 0
+        ts = (lambda: start_torchserve(layout)) if args.role in ("torchserve", "all") else None
+        supervisor = Supervisor(args.log_dir, args.token_file, render, args.grace, ts)
+        return supervisor.run(nginx=args.role in ("nginx", "all"))
+    except (ContainerError, TokenError) as e:
         print(f"medfakedet container: {e}", file=sys.stderr)
         return 2
 

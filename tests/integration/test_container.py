@@ -1,12 +1,14 @@
-"""The container's entry command, run outside Docker with the image's layout (issue #14, #11).
+"""The container's entry commands, run outside Docker with the image's layout (issue #14, #11).
 
-``python -m medfakedet.deploy.container all`` starts TorchServe (everything on loopback, token
-authorization on) and nginx (the same template as ``make serve``) as the image's CMD does, from
-a temp folder laid out as ``config/Dockerfile`` lays out /home/model-server: the ConfigMap's
-properties (``config/k8s/base/torchserve.properties``), the model store, the page, a token.
-Both paper endpoints answer with the token and refuse without it; TorchServe's metrics come out
-of nginx's metrics port; TorchServe listens on loopback only; SIGTERM drains an open request and
-stops everything with exit code 0.
+A pod of config/k8s as two processes: ``python -m medfakedet.deploy.container torchserve``
+(TorchServe, everything on loopback, token authorization on) and the nginx sidecar's
+``python -m medfakedet.frontdoor`` (nginx from the same template as ``make serve``), from a temp
+folder laid out as ``config/Dockerfile`` lays out /home/model-server: the ConfigMap's properties
+(``config/k8s/base/torchserve.properties``), the model store, the page, a token. Both paper
+endpoints answer with the token and refuse without it, the CLI scans through the front door,
+TorchServe's metrics come out of nginx's metrics port, TorchServe listens on loopback only, and
+SIGTERM drains an open request and stops everything with exit code 0. (``all``, the image's
+default, runs the same supervisor in one process; tests/test_image.py renders its nginx.conf.)
 """
 
 from __future__ import annotations
@@ -44,7 +46,11 @@ def rect_png(size: int = 128, box=(40, 32, 80, 64)) -> bytes:
     return encode_png(img)
 
 
-class Container:
+class Pod:
+    """A pod of config/k8s as two processes: the TorchServe container's entry command and the
+    nginx sidecar's (python -m medfakedet.frontdoor), with the image's layout and one log
+    folder shared between them (the pod's emptyDir)."""
+
     def __init__(self, root: Path, model_store: Path) -> None:
         self.root = root
         ports = free_ports()
@@ -53,12 +59,11 @@ class Container:
         self.base_url = f"http://127.0.0.1:{ports['nginx']}"
         home = root / "home"
         (home / "config").mkdir(parents=True)
-        shutil.copy(
-            REPO / "config/k8s/base/torchserve.properties", home / "config/config.properties"
-        )
+        # As the Dockerfile copies it (and as the ConfigMap mounts it).
+        properties = REPO / "config/k8s/base/torchserve.properties"
+        shutil.copy(properties, home / "config/config.properties")
         self.log_dir = home / "logs"
-        self.cmd = [
-            sys.executable, "-m", "medfakedet.deploy.container", "all",
+        flags = [
             "--config", str(home / "config/config.properties"),
             "--model-store", str(model_store),
             "--log-dir", str(self.log_dir),
@@ -69,24 +74,35 @@ class Container:
             "--grace", "20",
         ]  # fmt: skip
         for name in ("inference", "management", "metrics", "grpc_inference", "grpc_management"):
-            self.cmd += [f"--ts-{name.replace('_', '-')}-port", str(ports[name])]
-        self.out = open(root / "container.out", "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            self.cmd, env={**os.environ, "MEDFAKEDET_TOKEN": TOKEN}, cwd=root,
-            stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            flags += [f"--ts-{name.replace('_', '-')}-port", str(ports[name])]
+        commands = {
+            "torchserve": ["-m", "medfakedet.deploy.container", "torchserve"],
+            "nginx": ["-m", "medfakedet.frontdoor"],
+        }
+        self.procs, self.outs = {}, {}
+        for name, cmd in commands.items():
+            self.outs[name] = open(root / f"{name}.out", "wb")  # noqa: SIM115 (closed in kill)
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, *cmd, *flags], env={**os.environ, "MEDFAKEDET_TOKEN": TOKEN},
+                cwd=root, stdout=self.outs[name], stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
 
-    def output(self) -> str:
-        return (self.root / "container.out").read_text(errors="replace")
+    def output(self, name: str) -> str:
+        return (self.root / f"{name}.out").read_text(errors="replace")
+
+    def outputs(self) -> str:
+        return "\n".join(f"--- {n}:\n{self.output(n)[-3000:]}" for n in self.procs)
 
     def wait_ready(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"entry command exited:\n{self.output()[-3000:]}"
+            for name, proc in self.procs.items():
+                assert proc.poll() is None, f"{name} exited:\n{self.outputs()}"
             if self.probe() == 0 and self.get("/ping").status_code == 200:
                 return
             time.sleep(1)
-        raise AssertionError(f"not ready in {timeout} s:\n{self.output()[-3000:]}")
+        raise AssertionError(f"not ready in {timeout} s:\n{self.outputs()}")
 
     def probe(self, *flags: str) -> int:
         run_dir, port = str(self.log_dir / "run"), str(self.ports["management"])
@@ -103,15 +119,17 @@ class Container:
         return requests.post(self.base_url + path, headers=headers, timeout=60, **kw)
 
     def processes(self) -> list[psutil.Process]:
-        return psutil.Process(self.proc.pid).children(recursive=True)
+        return [c for p in self.procs.values() for c in psutil.Process(p.pid).children(True)]
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            for p in self.processes():
-                p.kill()
-            self.proc.kill()
-            self.proc.wait()
-        self.out.close()
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    child.kill()
+                proc.kill()
+                proc.wait()
+        for out in self.outs.values():
+            out.close()
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +140,7 @@ def container(model_store, serving_root):
         pytest.skip("nginx is not installed (apt-get install -y nginx)")
     root = serving_root / "container"
     root.mkdir()
-    running = Container(root, model_store)
+    running = Pod(root, model_store)
     try:
         running.wait_ready()
         yield running
@@ -207,8 +225,9 @@ def test_the_cli_scans_through_the_front_door_with_the_token(container, tmp_path
 
 
 def test_sigterm_drains_an_open_request_then_stops_everything(container):
-    """A request whose body is still arriving when SIGTERM comes is answered; then nginx and
-    TorchServe exit, and so does the entry command, with 0."""
+    """As the kubelet after the preStop pauses: SIGTERM to the nginx sidecar while an upload is
+    still arriving (it is answered), then to TorchServe's container; both exit with 0 and leave
+    no process behind."""
     procs = container.processes()
     answers: list[requests.Response] = []
 
@@ -240,10 +259,14 @@ def test_sigterm_drains_an_open_request_then_stops_everything(container):
     sender = threading.Thread(target=send)
     sender.start()
     time.sleep(0.7)  # the upload is under way
-    container.proc.send_signal(signal.SIGTERM)
+    nginx, torchserve = container.procs["nginx"], container.procs["torchserve"]
+    nginx.send_signal(signal.SIGTERM)
     sender.join(120)
     assert answers and answers[0].status_code == 200, answers and answers[0].text
-    assert container.proc.wait(60) == 0, container.output()[-3000:]
+    assert nginx.wait(60) == 0, container.outputs()
+    torchserve.send_signal(signal.SIGTERM)
+    assert torchserve.wait(60) == 0, container.outputs()
     gone, alive = psutil.wait_procs(procs, timeout=10)
     assert not alive, alive
-    assert "SIGTERM, draining" in container.output()
+    for name in ("nginx", "torchserve"):
+        assert "SIGTERM, draining" in container.output(name)
