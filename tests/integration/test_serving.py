@@ -15,6 +15,7 @@ import pytest
 import requests
 from dicom_files import dicom_bytes
 from PIL import Image
+from test_web import browser  # noqa: F401  (the chromium fixture, for the token test)
 
 from medfakedet.imaging import encode_png
 from medfakedet.labels import CLASS_NAMES, ORGANS
@@ -351,3 +352,38 @@ def test_token_authorization_in_production_config(token_stack):
     mgmt = f"{token_stack.management_url}/models/synthesis8"
     assert _refused(requests.get(mgmt, timeout=10))
     assert requests.get(mgmt, headers=mkey, timeout=10).status_code == 200
+
+
+@pytest.mark.browser
+def test_the_page_and_the_cli_send_the_token_through_nginx(token_stack, browser, tmp_path, capsys):  # noqa: F811
+    """The production setting end to end for the clients: the page's Token field and
+    ``medfakedet scan --token`` reach synthesis8 through nginx; without the token both say
+    what is wrong."""
+    from medfakedet.cli import main
+
+    key = token_stack.stack.keys()["inference"]
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(png(rect_image()))
+    args = ["scan", str(scan), "--server", token_stack.base_url, "--localize", "never"]
+    assert main([*args, "--format", "json", "--token", key]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["status"] == "ok" and row["model_version"] == "0.0.1-test"
+    assert main([*args, "--format", "json"]) == 2  # no token: an error row, exit 2
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["status"] == "error" and "token" in row["error"].lower()
+
+    page = browser.new_page()
+    page.goto(token_stack.base_url + "/")
+    page.set_input_files("#file-input", str(scan))
+    page.get_by_role("alert").wait_for(state="visible")
+    assert "token" in page.locator("#error-message").inner_text().lower()
+    page.fill("#token", key)
+    again = tmp_path / "scan_again.png"
+    again.write_bytes(scan.read_bytes())
+    with page.expect_response(lambda r: r.url.endswith("/detect/synthesis8")) as resp:
+        page.set_input_files("#file-input", str(again))
+    assert resp.value.status == 200, resp.value.text()
+    assert resp.value.request.headers["authorization"] == f"Bearer {key}"
+    page.locator("#synthesis").wait_for(state="visible")  # (this stack has no localizer)
+    assert page.locator("#verdict-badge").text_content() == "Uncertain"
+    page.close()
