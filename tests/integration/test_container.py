@@ -63,12 +63,17 @@ class Pod:
         properties = REPO / "config/k8s/base/torchserve.properties"
         shutil.copy(properties, home / "config/config.properties")
         self.log_dir = home / "logs"
+        # The Secret's key, mounted as a file (its edits reach the file, as a Secret's do).
+        self.token_file = root / "secret" / "token"
+        self.token_file.parent.mkdir()
+        self.token_file.write_text(TOKEN + "\n")
+        env = {k: v for k, v in os.environ.items() if k != "MEDFAKEDET_TOKEN"}
         flags = [
             "--config", str(home / "config/config.properties"),
             "--model-store", str(model_store),
             "--log-dir", str(self.log_dir),
             "--web-root", str(REPO / "web"),
-            "--token-file", str(root / "no-such-file"),
+            "--token-file", str(self.token_file),
             "--port", str(ports["nginx"]),
             "--metrics-port", str(self.metrics_port),
             "--grace", "20",
@@ -83,7 +88,7 @@ class Pod:
         for name, cmd in commands.items():
             self.outs[name] = open(root / f"{name}.out", "wb")  # noqa: SIM115 (closed in kill)
             self.procs[name] = subprocess.Popen(
-                [sys.executable, *cmd, *flags], env={**os.environ, "MEDFAKEDET_TOKEN": TOKEN},
+                [sys.executable, *cmd, *flags], env=env,
                 cwd=root, stdout=self.outs[name], stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
@@ -222,6 +227,36 @@ def test_the_cli_scans_through_the_front_door_with_the_token(container, tmp_path
     assert [r["status"] for r in report["results"]] == ["ok"] * 3, report["results"]
     refused = subprocess.run(scan, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2  # every file an error: 401 without the token
+
+
+def test_a_new_token_in_the_secret_is_served_without_a_restart(container):
+    """Rotate the Secret: the front door re-renders and reloads nginx; the old token then gets
+    401, the new one 200, and no process restarted."""
+    image = {"image": ("scan.png", rect_png())}
+
+    def masters() -> set[int]:  # nginx's master and TorchServe's launcher + java (not workers)
+        procs = container.procs.values()
+        return {c.pid for p in procs for c in psutil.Process(p.pid).children()}
+
+    before = masters()
+
+    def answers_with(token: str, status: int, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if container.post("/detect/synthesis8", token=token, files=image).status_code == status:
+                return True
+            time.sleep(0.5)
+        return False
+
+    rotated = "rotated-token-fedcba9876543210"
+    try:
+        container.token_file.write_text(rotated)
+        assert answers_with(rotated, 200), container.outputs()
+        assert container.post("/detect/synthesis8", token=TOKEN, files=image).status_code == 401
+    finally:
+        container.token_file.write_text(TOKEN)
+        assert answers_with(TOKEN, 200)
+    assert masters() == before  # nginx reloaded (new workers), nothing restarted
 
 
 def test_sigterm_drains_an_open_request_then_stops_everything(container):
