@@ -13,7 +13,6 @@ artifact without them still loads: its ``ood`` is None and serving never abstain
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from medfakedet import __version__
+from medfakedet.hashing import file_sha256
 from medfakedet.labels import CLASS_NAMES
 from medfakedet.models import build_model
 from medfakedet.ood import TENSOR_PREFIX, OODStatistics
@@ -184,7 +184,7 @@ def load_artifact(artifact_dir: str | Path, device: str | torch.device = "cpu") 
         training=meta.get("training", {}),
         meta=meta,
         ood=ood,
-        weights_sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
+        weights_sha256=file_sha256(weights),
     )
 
 

@@ -15,7 +15,6 @@ training record.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import sys
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ import torch
 import torchvision
 from torch import nn
 
+from medfakedet.hashing import file_sha256
 from medfakedet.models import SmpUNetDensity
 
 INIT_KINDS = ("scratch", "imagenet")
@@ -226,14 +226,6 @@ def _target(model: nn.Module, state: Mapping[str, torch.Tensor] | None) -> tuple
     return model, "model"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def initialize(model: nn.Module, init: str, arch: str) -> dict[str, Any]:
     """Load the initial weights ``init`` into ``model`` (of ``arch``) in place.
 
@@ -255,7 +247,7 @@ def initialize(model: nn.Module, init: str, arch: str) -> dict[str, Any]:
     target, into = _target(model, None if init == "imagenet" else state)
     merged, taken, notes = fit_state_dict(state, target, str(path))
     target.load_state_dict(merged)
-    sha = _sha256(path)
+    sha = file_sha256(path)
     expected = path.stem.rsplit("-", 1)[-1]
     if init == "imagenet" and not sha.startswith(expected):
         print(

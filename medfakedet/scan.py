@@ -8,12 +8,12 @@ service declares, whichever way they were produced.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medfakedet.hashing import file_sha256
 from medfakedet.schema import (
     DensityParams,
     DensityResult,
@@ -32,15 +32,6 @@ BATCH_SIZE = 16
 
 class UsageError(Exception):
     """Bad command line or environment: printed as ``medfakedet: error: ...``, exit code 2."""
-
-
-def file_sha256(path: Path) -> str:
-    """The file's sha256 (hex), read in 1 MiB chunks: the audit trail's file hash."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
-from medfakedet.scan import UsageError, file_sha256
+from medfakedet.hashing import file_sha256
+from medfakedet.scan import UsageError
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
