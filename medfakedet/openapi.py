@@ -51,8 +51,10 @@ def _upload(form, body, result, summary: str, doc: str, used: dict) -> dict:
     raw = {"schema": {"type": "string", "format": "binary"}}
     errors = {
         "400": "bad request: no image, not an image, a bad parameter",
-        "413": "the image has too many pixels (nginx answers HTML when the body is over 50 MiB)",
-        "415": "an image format that cannot be read (e.g. compressed DICOM)",
+        "413": "the image has too many pixels or takes over 4 s to decode (a body over 50 MiB: "
+        "nginx's 413 in the TorchServeError shape)",
+        "415": "an image format that cannot be read (e.g. deflated DICOM)",
+        "422": "the image gave a non-finite score (NaN or infinity)",
     }
     return {
         "post": {
@@ -70,7 +72,12 @@ def _upload(form, body, result, summary: str, doc: str, used: dict) -> dict:
             "responses": {
                 "200": _json(result, "the result", used),
                 **{code: _json(ErrorBody, text, used) for code, text in errors.items()},
-                "default": _json(TorchServeError, "TorchServe itself: no worker, timeout", used),
+                "default": _json(
+                    TorchServeError,
+                    "TorchServe or nginx: too many requests (429), a worker that died or hung "
+                    "(503, 507), no answer (502, 504)",
+                    used,
+                ),
             },
         }
     }
