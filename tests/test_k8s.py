@@ -355,7 +355,7 @@ def test_kserve_runs_the_projects_container_with_models_from_storage(rendered):
     assert env["MEDFAKEDET_CONFIG"]["value"] == "/mnt/models/config/config.properties"
     assert env["MEDFAKEDET_MODEL_STORE"]["value"] == "/mnt/models/model-store"
     assert env["MEDFAKEDET_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "medfakedet-token"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/ping"
+    assert c["readinessProbe"]["exec"]["command"] == ["python", "-m", "medfakedet.probe"]
 
 
 def test_vendored_schemas_are_current():
