@@ -1,6 +1,6 @@
 """``make loadtest`` against the real stack: a 20-second headless locust run (ramp 5 s, hold
-15 s) of every user class over the procedural format mix, whose CSV and HTML reports must show
-requests on every endpoint and no failure."""
+15 s, 6 users) over the procedural format mix, whose CSV and HTML reports must show requests of
+the user classes and no failure."""
 
 from __future__ import annotations
 
@@ -37,9 +37,12 @@ def test_make_loadtest_writes_reports_without_failures(stack, tmp_path) -> None:
     total = next(r for r in rows if r["Name"] == "Aggregated")
     assert int(total["Request Count"]) >= 10, seen
     assert int(total["Failure Count"]) == 0, (reports / "loadtest_failures.csv").read_text()
-    names = {r["Name"] for r in rows}
-    for wanted in ("/detect/synthesis8 [dicom]", "/detect/synthesis8 raw [", "/detect/manip"):
-        assert any(n.startswith(wanted) for n in names), seen
+    names = {r["Name"] for r in rows} - {"Aggregated"}
+    # Every user class but the rare Grad-CAM one ran, on more than one kind of file (which
+    # kinds is random: 13 to 26 requests in 20 s were measured on the loaded 2-core machine).
+    for wanted in ("/detect/synthesis8 [", "/detect/manipulation_density", " raw ["):
+        assert any(wanted in n for n in names), seen
+    assert len({n.rsplit("[", 1)[-1] for n in names}) >= 2, seen
     assert (reports / "loadtest_failures.csv").read_text().count("\n") == 1  # the header only
     html = (reports / "loadtest.html").read_text()
     assert "<html" in html.lower() and "/detect/synthesis8" in html
