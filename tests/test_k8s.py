@@ -158,6 +158,10 @@ def test_pod_is_nginx_in_front_of_torchserve_non_root_pinned_and_drains(rendered
         "metrics": 9082,
     }
     assert cs["nginx"]["readinessProbe"]["httpGet"] == {"path": "/ping", "port": "http"}
+    # Liveness waits until nginx listens (it waits for TorchServe's key), as for TorchServe.
+    for c in cs.values():
+        startup = c["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, c["name"]
     ts = cs["torchserve"]
     assert ts["startupProbe"]["exec"]["command"][:3] == ["python", "-m", "medfakedet.probe"]
     assert ts["startupProbe"]["periodSeconds"] * ts["startupProbe"]["failureThreshold"] >= 300
