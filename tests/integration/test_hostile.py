@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import hostile_inputs as h
+import numpy as np
 import psutil
 import pytest
 from hostile_requests import (
@@ -196,3 +198,30 @@ def test_20000_parts_get_a_short_json_400_not_a_dropped_connection(stack):
     assert answer.status == 400 and len(answer.body) < 2000
     assert "unknown field(s) 'f0', 'f1', 'f10'" in answer.json()["error"]
     assert "and 19990 more" in answer.json()["error"]
+
+
+def test_eight_jpeg_bombs_in_one_batch_stay_within_the_memory_budget(stack):
+    """Issue #11: eight 333-byte JPEGs declaring 8000x8000 in one batch needed about 8 GiB."""
+    bomb = h.jpeg_declaring(8000, 8000)
+    pids = [pid for model in workers(stack.management_url).values() for _, _, pid in model]
+    with RssPeak(pids) as rss, ThreadPoolExecutor(8) as pool:
+        start = time.perf_counter()
+        probe = upload("bomb", "/detect/manipulation_density", bomb)  # it answers image_size
+        answers = list(pool.map(lambda _: send(stack.base_url, probe), range(8)))
+        seconds = time.perf_counter() - start
+    print(f"8 JPEG bombs at once: {seconds:.2f} s, worker RSS +{rss.growth_mib:.0f} MiB")
+    assert [a.status for a in answers] == [200] * 8
+    assert all(a.json()["image_size"] == {"width": 8000, "height": 8000} for a in answers)
+    assert rss.growth_mib <= 512
+    assert seconds < 30  # generous: the bound of issue #11 is per bomb (the test above)
+
+
+def test_dicom_with_nan_window_center_answers_strict_json(stack):
+    """Issue #11: a DICOM whose WindowCenter is "NaN" got a 200 with a literal NaN in it."""
+    pixels = (np.arange(128 * 128).reshape(128, 128) % 251).astype(np.uint8)
+    data = h.dicom_plain(pixels, WindowCenter="NaN", WindowWidth="NaN", RescaleSlope="NaN")
+    for path in (S8, "/detect/manipulation_density"):
+        answer = send(stack.base_url, upload("nan window", path, data))
+        assert answer.status == 200, answer.body[:300]
+        assert answer.content_type == "application/json"
+        answer.json()  # raises on NaN / Infinity
