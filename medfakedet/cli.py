@@ -75,8 +75,6 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--min-area must be >= 0, got {args.min_area}")
     if args.resume and not (args.format == "jsonl" and args.output):
         raise UsageError("--resume needs --format jsonl and --output FILE (the run to resume)")
-    if args.token and not args.server:
-        raise UsageError("--token is for --server (offline scans need none)")
 
 
 def _scanner(args: argparse.Namespace) -> OfflineScanner | ServerScanner:

@@ -341,7 +341,6 @@ def test_folder_scan_recursive_and_batched(
         (["scan", "{png}", "--format", "xml"], "invalid choice"),
         (["scan", "{tmp}/nested"], "--recursive"),
         (["scan", "{png}", "--resume"], "--resume needs --format jsonl"),
-        (["scan", "{png}", "--token", "t"], "--token is for --server"),
         ([], "usage"),
     ],
 )
