@@ -37,6 +37,8 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-0123456789abcdef"
+#: The Secret's token after the rotation test (the tests after it use this one).
+ROTATED = "rotated-token-fedcba9876543210"
 
 
 def rect_png(size: int = 128, box=(40, 32, 80, 64)) -> bytes:
@@ -252,14 +254,9 @@ def test_a_new_token_in_the_secret_is_served_without_a_restart(container):
             time.sleep(0.5)
         return False
 
-    rotated = "rotated-token-fedcba9876543210"
-    try:
-        container.token_file.write_text(rotated)
-        assert answers_with(rotated, 200), container.outputs()
-        assert container.post("/detect/synthesis8", token=TOKEN, files=image).status_code == 401
-    finally:
-        container.token_file.write_text(TOKEN)
-        assert answers_with(TOKEN, 200)
+    container.token_file.write_text(ROTATED)
+    assert answers_with(ROTATED, 200), container.outputs()
+    assert container.post("/detect/synthesis8", token=TOKEN, files=image).status_code == 401
     assert masters() == before  # nginx reloaded (new workers), nothing restarted
 
 
@@ -288,7 +285,7 @@ def test_sigterm_drains_an_open_request_then_stops_everything(container):
                 container.base_url + "/detect/synthesis8",
                 data=chunks(),
                 headers={
-                    "Authorization": f"Bearer {TOKEN}",
+                    "Authorization": f"Bearer {ROTATED}",
                     "Content-Type": "multipart/form-data; boundary=b0undary",
                 },
                 timeout=120,
