@@ -253,3 +253,22 @@ def test_render_nginx_writes_a_config_nginx_accepts_with_the_front_door(
         monkeypatch.setenv("MEDFAKEDET_TOKEN", token)
         assert container_main(["render-nginx", *flags]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_lock_satisfies_the_packages_serving_dependencies():
+    """Drift guard: every runtime dependency of pyproject.toml (and its [serve] extra, less the
+    archiver, which runs where archives are built, not in the image) is in the lock at a
+    version its specifier accepts."""
+    import tomllib  # noqa: PLC0415
+
+    from packaging.requirements import Requirement  # noqa: PLC0415
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    entries = lock_entries()
+    wanted = project["dependencies"] + project["optional-dependencies"]["serve"]
+    for spec in map(Requirement, wanted):
+        name = re.sub(r"[-_.]+", "-", spec.name).lower()
+        if name == "torch-model-archiver":
+            continue
+        assert name in entries, f"{spec} is not in {LOCK.name}: run make image-lock"
+        assert spec.specifier.contains(entries[name][0], prereleases=True), (spec, entries[name])
