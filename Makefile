@@ -14,6 +14,10 @@ REAL_ARTIFACTS ?= artifacts-real
 REAL_REPORTS ?= docs/reports/real-scans
 INIT ?= scratch
 TRAIN_SET ?=
+# train-real: checked (never trained) on these when they exist; both models train at once
+REAL_VAL ?= ../shared/data/real-val
+FAKE_VAL ?= ../shared/data/fake-val
+TRAIN_JOBS ?= 2
 # make serve serves the real-scan models of make train-real when both exist (unless ARTIFACTS is given)
 SERVE_ARTIFACTS = $(if $(and $(filter file,$(origin ARTIFACTS)),$(wildcard $(REAL_ARTIFACTS)/synthesis8/artifact.json),$(wildcard $(REAL_ARTIFACTS)/manipulation_density/artifact.json)),$(REAL_ARTIFACTS),$(ARTIFACTS))
 PYTEST_ARGS ?=
@@ -72,14 +76,17 @@ train: data
 		--config training/configs/localizer_embedded.yaml
 
 # Real scans: build MedFake + MedFakeInpaint around REAL_DIR, train both models with the *_real
-# presets, evaluate, report into $(REAL_REPORTS)/. INIT=imagenet starts synthesis8 from torchvision's
-# cached ImageNet weights; TRAIN_SET="epochs=30 max_minutes=null" trains longer (a GPU).
+# presets, evaluate, check on REAL_VAL / FAKE_VAL and the default model ($(ARTIFACTS)/synthesis8) when
+# they exist, report into $(REAL_REPORTS).md and $(REAL_REPORTS)/. INIT=imagenet starts synthesis8
+# from torchvision's cached ImageNet weights; TRAIN_SET="epochs=30 max_minutes=null" trains longer.
 train-real: setup
 	@test -n "$(REAL_DIR)" || { echo "usage: make train-real REAL_DIR=folder with brain/ chest/ kidney/ lung/ real scans" >&2; exit 2; }
 	$(PY) -m training.pipeline --real-dir $(REAL_DIR) --data $(REAL_DATA) --artifacts $(REAL_ARTIFACTS) \
 		--reports $(REAL_REPORTS) --config real --force --set synthesis8.init=$(INIT) \
-		$(foreach s,$(TRAIN_SET),--set $(s))
-	@echo "real-scan models in $(REAL_ARTIFACTS)/ (make serve serves them), report in $(REAL_REPORTS)/README.md"
+		$(foreach s,$(TRAIN_SET),--set $(s)) --jobs $(TRAIN_JOBS) --report-md $(REAL_REPORTS).md \
+		$(if $(wildcard $(REAL_VAL)),--real-val $(REAL_VAL)) $(if $(wildcard $(FAKE_VAL)),--fake-val $(FAKE_VAL)) \
+		--default-artifact $(ARTIFACTS)/synthesis8
+	@echo "real-scan models in $(REAL_ARTIFACTS)/ (make serve serves them), report in $(REAL_REPORTS).md"
 
 evaluate: setup
 	$(PY) -m training.evaluate --artifact $(ARTIFACTS)/synthesis8 --data $(DATA)/medfake --split test \

@@ -1,16 +1,26 @@
 """``make train-real REAL_DIR=...``: the pipeline's real-folder build, per-trainer ``--set``,
-the *_real presets, and ``make serve`` choosing the real-scan models when they exist."""
+the *_real presets, ``make serve`` choosing the real-scan models when they exist; the real-scan
+abstention (calibrated on degraded copies), the served-verdict metrics, the external checks on
+organ folders, the parallel stages and the acceptance report."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from training.pipeline import main, needs_build, task_overrides, trainer_configs
+from medfakedet.labels import ORGANS
+from training.config import apply_overrides
+from training.evaluate import evaluate_artifact
+from training.external import external_check
+from training.external import main as external_main
+from training.pipeline import Job, main, needs_build, run_jobs, task_overrides, trainer_configs
+from training.real_report import acceptance, render
+from training.train_synthesis8 import Synthesis8Config, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,3 +111,118 @@ def test_serve_prefers_the_real_scan_models_when_both_exist(tmp_path: Path) -> N
     (real / "manipulation_density" / "artifact.json").write_text("{}")
     assert serve_artifacts(flag) == str(real)
     assert serve_artifacts(flag, "ARTIFACTS=mine") == "mine"  # an explicit choice wins
+
+
+# ------------------------------------------- abstention on degraded copies, verdict metrics
+def test_real_preset_calibrates_abstention_for_uploads() -> None:
+    s8 = trainer_configs("real")["synthesis8"]
+    assert s8.calibration_draws >= 1 and s8.degradation().active  # degraded copies seen
+    assert s8.ood_coverage >= 0.95  # the issue: at least 95% of val in
+    # A margin under the 2% false-"fake" target, which comes first up to 2x the 10% budget.
+    assert s8.max_false_fake <= 0.01 and s8.max_uncertain <= 0.20
+    assert s8.cpu_bf16 and s8.device == "auto" and s8.amp  # bf16 on this CPU, AMP on a GPU
+    with pytest.raises(ValueError, match="calibration_draws > 0 needs a degradation"):
+        apply_overrides(Synthesis8Config(), {"calibration_draws": "2"}, "--set").validate()
+
+
+def organ_folder(dataset: Path, split: str, tmp: Path, fake: bool) -> Path:
+    """The real (or fake) images of one split of a built MedFake, copied into organ folders."""
+    from medfakedet.data.medfake import scan_medfake, split_medfake
+
+    out = tmp / ("fake" if fake else "real")
+    for s in split_medfake(scan_medfake(dataset / "medfake"), "group", 42)[split]:
+        if (s.label % 2 == 1) == fake:
+            organ = ORGANS[s.label // 2]
+            (out / organ).mkdir(parents=True, exist_ok=True)
+            shutil.copy(s.path, out / organ / s.path.name)
+    return out
+
+
+def test_abstention_on_degraded_copies_and_the_served_verdicts(
+    built_dataset: Path, tmp_path: Path
+) -> None:
+    """A short run of the real-scan calibration (statistics and grey zone fitted on clean and
+    degraded copies), then the verdict shares of the evaluation and of an external folder."""
+    cfg = apply_overrides(
+        trainer_configs("real")["synthesis8"],
+        {"epochs": "1", "max_train_per_class": "24", "max_minutes": "null", "num_threads": "2"},
+        "--set",
+    )
+    out = train(cfg, built_dataset, tmp_path / "s8", show_progress=False)
+    meta = json.loads((out / "artifact.json").read_text())
+    cal, val = meta["calibration"], meta["metrics"]["val"]
+    assert cal["grey_low"] <= 0.5 <= cal["grey_high"]
+    assert val["val_uncertain"] <= cfg.max_uncertain + 1e-9  # the budget holds on val
+    # clean val and degraded copies of it
+    assert val["val_images_clean_and_degraded"] == (1 + cfg.calibration_draws) * val["n"]
+    assert val["in_distribution_share"] >= cfg.ood_coverage
+    result = evaluate_artifact(out, built_dataset, tmp_path / "rep", robustness=False,
+                               show_progress=False)  # fmt: skip
+    clean = result["verdicts"]["clean"]
+    assert clean["n_real"] + clean["n_fake"] == result["metrics"]["n"]
+    assert clean["real_answered_fake"] + clean["real_uncertain"] <= 1.0
+    assert clean["real_called_fake"] >= clean["real_answered_fake"]  # abstention only removes
+    assert "Served verdicts" in (tmp_path / "rep" / "report.md").read_text()
+    # The same model through the served path, on files laid out by organ.
+    folder = organ_folder(built_dataset, "test", tmp_path, fake=False)
+    check = external_check(out, folder, "real")
+    n = sum(len(list((folder / o).iterdir())) for o in ORGANS if (folder / o).is_dir())
+    assert check["all"]["images"] == n and check["all"]["unreadable"] == 0
+    per_organ = [len(list((folder / o).iterdir())) for o in check["by_organ"]]
+    halves = external_check(out, folder, "real", every=2)
+    assert halves["every"] == 2 and halves["all"]["images"] == sum((k + 1) // 2 for k in per_organ)
+    row = check["all"]
+    assert row["answered fake"] + row["answered real"] + row["answered uncertain"] == pytest.approx(
+        1
+    )
+    # Files through the served decoder answer as the evaluation's dataset path does.
+    assert row["answered fake"] == pytest.approx(clean["real_answered_fake"], abs=0.05)
+    assert row["answered uncertain"] == pytest.approx(clean["real_uncertain"], abs=0.05)
+
+
+def test_external_check_refuses_a_folder_without_organ_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "brain").mkdir()
+    (tmp_path / "brain" / "notes.txt").write_text("no image")
+    with pytest.raises(SystemExit) as exit_:
+        external_main(["--artifact", str(tmp_path), "--folder", str(tmp_path), "--truth", "real"])
+    assert exit_.value.code == 2
+    assert "expected sub-folders brain, chest, kidney, lung" in capsys.readouterr().err
+
+
+def test_jobs_run_in_processes_and_return_in_order() -> None:
+    named = {"b": Job(math.factorial, (20,)), "a": Job(math.comb, (10, 3))}
+    done = run_jobs(named, jobs=2, threads=1)
+    assert list(done) == ["b", "a"]
+    assert [r for r, _ in done.values()] == [math.factorial(20), 120]
+    assert all(seconds >= 0 for _, seconds in done.values())
+
+
+def test_the_real_scans_report_says_a_missed_target_with_its_number() -> None:
+    verdicts = {
+        "real_answered_fake": 0.031, "real_uncertain": 0.08, "uncertain": 0.07,
+        "organ_accuracy": 0.99, "fake_answered_fake": 0.96, "fake_called_fake": 0.97,
+        "real_called_fake": 0.1, "roc_auc": 0.98, "out_of_distribution": 0.03,
+        "by_organ": {"brain": {"real_answered_fake": 0.0, "real_uncertain": 0.1,
+                               "real_called_fake": 0.0, "fake_answered_fake": 1.0}},
+    }  # fmt: skip
+    summary = {
+        "data": "data/real", "artifacts": "artifacts-real", "config": "real",
+        "real_dir": "real-dev", "machine": {"cpu": "x", "cpu_cores": 2, "torch": "2",
+                                            "python": "3.11", "device": "cpu"},
+        "stages_seconds": {"total": 1.0},
+        "verdicts": {"synthesis8": {"clean": verdicts, "jpeg_q75": verdicts}},
+        "default_on_real": {"artifact": "artifacts/synthesis8", "folder": "real-dev",
+                            "all": {"images": 9, "answered uncertain": 0.95,
+                                    "answered fake": 0.05, "answered real": 0.0}},
+    }  # fmt: skip
+    rows = {(r[0], r[1]): r for r in acceptance(summary)}
+    assert rows[("synthesis8: real scans answered fake", "clean")][4] == "**missed**"  # > 0.02
+    assert rows[("synthesis8: real scans answered fake", "jpeg_q75")][4] == "met"  # <= 0.05
+    assert rows[("phantom-trained default: real scans answered uncertain", "clean")][4] == "met"
+    text = render(summary)
+    assert (
+        "| synthesis8: real scans answered fake | clean | 0.0310 | <= 0.02 | **missed** |" in text
+    )
+    assert "point 6 (the longer AMP run on a GPU) was not run" in text

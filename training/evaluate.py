@@ -35,7 +35,7 @@ from medfakedet.runtime import machine_info, select_device, setup_threads
 from training.calibration import threshold_sweep
 from training.common import write_json
 from training.corruptions import CORRUPTIONS
-from training.inference import predict_localizer, predict_synthesis8
+from training.inference import LocalizerPredictions
 from training.plots import (
     plot_confusion_matrix,
     plot_localizer_examples,
@@ -49,6 +49,13 @@ from training.task_metrics import (
     compute_synthesis8_metrics,
     headline,
     localizer_by_kind,
+)
+from training.verdicts import (
+    artifact_grey_zone,
+    localizer_answer_metrics,
+    predict_localizer_with_checks,
+    predict_with_checks,
+    verdict_metrics,
 )
 
 
@@ -105,21 +112,26 @@ def _evaluate_synthesis8(
     """Metrics into ``result``, plots into ``run.out``; returns the robustness headlines."""
     artifact, out = run.artifact, run.out
     temperature = artifact.calibration["temperature"]
+    zone = artifact_grey_zone(artifact.calibration)
+    answered: dict[str, dict] = {}  # the served verdicts' shares, per condition
+
+    def predict(corruption: str | None) -> dict[str, np.ndarray]:
+        p = predict_with_checks(
+            artifact, run.dataset, run.device, run.batch_size, corruption, run.show_progress
+        )
+        answered[corruption or "clean"] = verdict_metrics(
+            p["logits"], p["labels"], p["inside"], p["score"], temperature, zone
+        )
+        return p
+
     clean, pred, rob = _over_conditions(
         artifact.task,
         conditions,
-        lambda c: predict_synthesis8(
-            artifact.model,
-            run.dataset,
-            run.device,
-            run.batch_size,
-            c,
-            artifact.preprocess,
-            run.show_progress,
-        ),
+        predict,
         lambda p: compute_synthesis8_metrics(p["logits"], p["labels"], temperature),
     )
     result["metrics"] = clean
+    result["verdicts"] = answered
     is_fake = np.isin(pred["labels"], FAKE_CLASS_INDICES)
     p_fake = fake_probability(softmax(pred["logits"], temperature))
     plot_confusion_matrix(clean["confusion_matrix"], CLASS_NAMES, out / "confusion_matrix.png")
@@ -136,22 +148,22 @@ def _evaluate_localizer(
     artifact, dataset, out = run.artifact, run.dataset, run.out
     cal = artifact.calibration
     pt, bt, ma = cal["presence_threshold"], cal["box_threshold"], int(cal["min_area"])
+    kinds = read_manipulation_kinds(dataset.root)
+    answered: dict[str, dict] = {}  # the served verdicts' shares, per condition
+
+    def predict(corruption: str | None) -> LocalizerPredictions:
+        p, inside = predict_localizer_with_checks(
+            artifact, dataset, run.device, run.batch_size, corruption, run.show_progress
+        )
+        answered[corruption or "clean"] = localizer_answer_metrics(p, inside, kinds, pt, bt, ma)
+        return p
+
     clean, pred, rob = _over_conditions(
-        artifact.task,
-        conditions,
-        lambda c: predict_localizer(
-            artifact.model,
-            dataset,
-            run.device,
-            run.batch_size,
-            c,
-            show_progress=run.show_progress,
-        ),
-        lambda p: compute_localizer_metrics(p, pt, bt, ma),
+        artifact.task, conditions, predict, lambda p: compute_localizer_metrics(p, pt, bt, ma)
     )
     result["metrics"] = clean
+    result["verdicts"] = answered
     result["sweep"] = threshold_sweep(list(pred.density), pred.gt_boxes, pred.present, min_area=ma)
-    kinds = read_manipulation_kinds(dataset.root)
     if kinds:
         result["by_kind"] = localizer_by_kind(pred, kinds, pt, bt, ma)
     plot_sweep(result["sweep"], {"presence thr": pt, "box thr": bt}, out / "threshold_sweep.png")
@@ -169,8 +181,12 @@ def evaluate_artifact(
     device: str = "auto",
     batch_size: int = 64,
     show_progress: bool = True,
+    corruptions: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate, write ``metrics.json``, ``report.md`` and the plots into ``out``; return all."""
+    """Evaluate, write ``metrics.json``, ``report.md`` and the plots into ``out``; return all.
+
+    ``corruptions``: the robustness conditions besides clean (None: every one of
+    :data:`training.corruptions.CORRUPTIONS`)."""
     start = time.monotonic()
     dev = select_device(device)
     artifact = load_artifact(artifact_dir, dev)
@@ -189,7 +205,11 @@ def evaluate_artifact(
         "calibration": cal,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    conditions = [None, *CORRUPTIONS] if robustness else [None]
+    unknown = sorted(set(corruptions or ()) - set(CORRUPTIONS))
+    if unknown:
+        raise ValueError(f"unknown corruptions {unknown}; known: {', '.join(CORRUPTIONS)}")
+    chosen = list(CORRUPTIONS) if corruptions is None else list(corruptions)
+    conditions = [None, *chosen] if robustness else [None]
     evaluate_task = _evaluate_synthesis8 if artifact.task == "synthesis8" else _evaluate_localizer
     run = _Run(artifact, dataset, dev, batch_size, show_progress, out)
     rob = evaluate_task(run, conditions, result)

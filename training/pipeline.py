@@ -15,9 +15,13 @@ presets; ``--set synthesis8.KEY=VALUE`` / ``--set localizer.KEY=VALUE`` one of t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import multiprocessing
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,8 @@ from medfakedet.runtime import machine_info, setup_threads
 from training.common import write_json
 from training.config import apply_overrides, load_yaml_config, parse_set, preset_path
 from training.evaluate import evaluate_artifact
+from training.external import external_check
+from training.real_report import REENCODINGS, write_real_report
 from training.report import markdown_table
 from training.task_metrics import headline
 
@@ -91,6 +97,75 @@ def task_overrides(items: Sequence[str], prefix: str) -> dict[str, str]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One stage to run: ``fn(*args, **kwargs)`` (module-level, so a process pool can take it)."""
+
+    fn: Callable[..., Any]
+    args: tuple = ()
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _timed(job: Job, threads: int | None) -> tuple[Any, float]:
+    if threads is not None:
+        setup_threads(threads)
+    start = time.monotonic()
+    return job.fn(*job.args, **job.kwargs), time.monotonic() - start
+
+
+def run_jobs(named: Mapping[str, Job], jobs: int, threads: int) -> dict[str, tuple[Any, float]]:
+    """``{name: (result, seconds)}`` of every job, in order; ``jobs > 1``: that many at once in
+    fresh processes (``threads`` torch threads each): on a machine shared with others, two
+    1-thread processes get more CPU than one process and finish sooner than one after the
+    other."""
+    if jobs <= 1 or len(named) <= 1:
+        return {name: _timed(job, None) for name, job in named.items()}
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with ProcessPoolExecutor(min(jobs, len(named)), mp_context=context) as pool:
+        futures = {name: pool.submit(_timed, job, threads) for name, job in named.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+#: The re-encodings each model is evaluated under on real scans (issue #10: synthesis8 under
+#: each of them; the localizer's false alarms clean and at JPEG q75), besides clean.
+REAL_CONDITIONS = {"synthesis8": REENCODINGS, "manipulation_density": ("jpeg_q75",)}
+#: The stage name of the phantom-trained default's check on the real scans, and the share of
+#: them it sees (every third file of each organ, as tests/test_ood.py does).
+DEFAULT = "check phantom-trained default on the real scans"
+DEFAULT_EVERY = 3
+
+
+def external_jobs(
+    artifacts: Path,
+    external: Mapping[str, Path],
+    default_artifact: Path | None,
+    real_dir: Path | None,
+) -> dict[str, Job]:
+    """The external checks (:mod:`training.external`): synthesis8 on ``external["real-val"]``
+    (real scans from other sources) and ``external["fake-val"]`` (generators' outputs), the
+    localizer on the real-val brains; and ``default_artifact`` on ``real_dir``, when both are
+    there. Folders that do not exist are skipped (they are optional)."""
+    checks = {}
+    truths = {"real-val": "real", "fake-val": "fake"}
+    for name, folder in external.items():
+        if name not in truths:
+            raise ValueError(f"unknown external set {name!r}; expected {', '.join(truths)}")
+        if not folder.is_dir():
+            continue
+        checks[f"check synthesis8 {name}"] = Job(
+            external_check, (artifacts / TASK_DIRS["synthesis8"], folder, truths[name])
+        )
+        if truths[name] == "real" and (folder / "brain").is_dir():
+            checks[f"check localizer {name}"] = Job(
+                external_check, (artifacts / TASK_DIRS["manipulation_density"], folder, "real")
+            )
+    if default_artifact and real_dir and (default_artifact / META_FILE).is_file():
+        checks[DEFAULT] = Job(
+            external_check, (default_artifact, real_dir, "real"), {"every": DEFAULT_EVERY}
+        )
+    return checks
+
+
 def run_pipeline(
     data: Path,
     artifacts: Path,
@@ -100,11 +175,19 @@ def run_pipeline(
     show_progress: bool = True,
     real_dir: Path | None = None,
     overrides: Sequence[str] = (),
+    jobs: int = 1,
+    external: Mapping[str, Path] | None = None,
+    default_artifact: Path | None = None,
+    report_md: Path | None = None,
 ) -> dict[str, Any]:
     """Build (if needed), train (if needed or forced), evaluate; returns the summary.
 
     ``real_dir``: build the data around this folder of real scans; ``overrides``: ``--set``
-    items for the trainers (see :func:`task_overrides`)."""
+    items for the trainers (see :func:`task_overrides`); ``jobs``: train (and evaluate) both
+    models in that many processes at once, the cores shared out; ``external``: folders to
+    check the models on (:func:`external_jobs`), ``default_artifact``: a phantom-trained
+    synthesis8 to measure on ``real_dir``; ``report_md``: where the real-scans report goes
+    (:mod:`training.real_report`)."""
     from training.train_localizer import train as train_localizer
     from training.train_synthesis8 import train as train_synthesis8
 
@@ -123,25 +206,40 @@ def run_pipeline(
         stages["build data"] = None
         recorded["build data"] = recorded_seconds(data / "build.json", ("seconds",))
     trainers = {"synthesis8": train_synthesis8, "manipulation_density": train_localizer}
+    threads = max(1, (os.cpu_count() or 1) // jobs)  # per job: the cores shared out
+    training = {}
     for task, train in trainers.items():
         out = artifacts / TASK_DIRS[task]
         if force or not (out / META_FILE).is_file():
-            start = time.monotonic()
-            train(configs[task], data, out, show_progress=show_progress)
-            stages[f"train {task}"] = time.monotonic() - start
+            cfg = configs[task]
+            if jobs > 1 and cfg.num_threads is None:
+                cfg = dataclasses.replace(cfg, num_threads=threads)
+            training[f"train {task}"] = Job(
+                train, (cfg, data, out), {"show_progress": show_progress}
+            )
         else:
             stages[f"train {task}"] = None
             recorded[f"train {task}"] = recorded_seconds(
                 out / META_FILE, ("training", "total_seconds")
             )
-    results = {}
-    for task in trainers:
-        start = time.monotonic()
-        results[task] = evaluate_artifact(
-            artifacts / TASK_DIRS[task], data, reports / TASK_DIRS[task],
-            show_progress=show_progress,
+    stages.update({k: s for k, (_, s) in run_jobs(training, jobs, threads).items()})
+    evaluations = {
+        f"evaluate {task}": Job(
+            evaluate_artifact,
+            (artifacts / TASK_DIRS[task], data, reports / TASK_DIRS[task]),
+            {
+                "show_progress": show_progress,
+                "corruptions": None if real_dir is None else REAL_CONDITIONS[task],
+            },
         )  # fmt: skip
-        stages[f"evaluate {task}"] = time.monotonic() - start
+        for task in trainers
+    }
+    done = run_jobs(evaluations, jobs, threads)
+    results = {task: done[f"evaluate {task}"][0] for task in trainers}
+    stages.update({k: s for k, (_, s) in done.items()})
+    checks = external_jobs(artifacts, external or {}, default_artifact, real_dir)
+    checked = run_jobs(checks, jobs, threads)
+    stages.update({k: s for k, (_, s) in checked.items()})
     stages["total"] = time.monotonic() - start_all
     summary = {
         "data": str(data),
@@ -152,10 +250,17 @@ def run_pipeline(
         "reused_stages_recorded_seconds": recorded,
         "headline": {task: headline(task, r["metrics"]) for task, r in results.items()},
         "real_scans": {task: real_scan_numbers(task, r["metrics"]) for task, r in results.items()},
+        "verdicts": {task: r.get("verdicts", {}) for task, r in results.items()},
+        "external": {k.removeprefix("check "): r for k, (r, _) in checked.items() if k != DEFAULT},
+        "overrides": list(overrides),
     }
+    if DEFAULT in checked:
+        summary["default_on_real"] = checked[DEFAULT][0]
     if real_dir is not None:
         summary["real_dir"] = str(real_dir)
     write_json(reports / "summary.json", summary)
+    if report_md is not None:
+        write_real_report(summary, report_md, reports)
     m = summary["machine"]
     if real_dir is None:
         title, described = "the default `make train`", "embedded synthetic set"
@@ -207,8 +312,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="[TRAINER.]KEY=VALUE",
         help="override a preset key of both trainers, or of one (synthesis8.KEY, localizer.KEY)",
     )  # fmt: skip
+    p.add_argument("--jobs", type=int, default=1, help="train / evaluate this many at once")
+    p.add_argument("--real-val", type=Path, help="real scans to check on (optional, never trained)")
+    p.add_argument("--fake-val", type=Path, help="generators' outputs to check on (optional)")
+    p.add_argument(
+        "--default-artifact", type=Path,
+        help="a phantom-trained synthesis8 to measure on --real-dir (skipped when absent)",
+    )  # fmt: skip
+    p.add_argument("--report-md", type=Path, help="write the real-scans report here")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.real_dir is not None and not args.real_dir.is_dir():
         p.error(f"--real-dir {args.real_dir} is not a folder")
     try:
@@ -218,7 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(str(e))
     summary = run_pipeline(
         Path(args.data), Path(args.artifacts), Path(args.reports), args.config, args.force,
-        not args.quiet, args.real_dir, args.set,
+        not args.quiet, args.real_dir, args.set, args.jobs,
+        {k: v for k, v in (("real-val", args.real_val), ("fake-val", args.fake_val)) if v},
+        args.default_artifact, args.report_md,
     )  # fmt: skip
     for stage, seconds in summary["stages_seconds"].items():
         print(f"{stage:>30}: {'reused' if seconds is None else f'{seconds:.1f} s'}")

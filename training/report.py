@@ -144,6 +144,46 @@ LOCALIZER_TABLES: tuple[Table, ...] = (
     ),
 )
 
+SYNTHESIS8_VERDICTS_TABLE = Table(
+    "Served verdicts, clean and corrupted (calibrated grey zone and in-distribution check)",
+    when="verdicts",
+    note="What a user is answered: `fake` / `real` / `uncertain` (medfakedet.verdict). The "
+    "false-'fake' rate on real images counts `fake` answers; `uncertain` ones are counted "
+    "apart. 'raw' columns: the model's own call (the paper's is_fake), without abstention.",
+    rows="verdicts",
+    columns=(
+        ("condition", "$key"),
+        ("real answered fake", "real_answered_fake"),
+        ("real uncertain", "real_uncertain"),
+        ("fake answered fake", "fake_answered_fake"),
+        ("uncertain (all)", "uncertain"),
+        ("out of distribution", "out_of_distribution"),
+        ("organ accuracy", "organ_accuracy"),
+        ("ROC-AUC", "roc_auc"),
+        ("real called fake (raw)", "real_called_fake"),
+        ("fake called fake (raw)", "fake_called_fake"),
+    ),
+)
+
+LOCALIZER_VERDICTS_TABLE = Table(
+    "Served verdicts, clean and corrupted (calibrated thresholds and in-distribution check)",
+    when="verdicts",
+    note="False alarm: untouched images answered `manipulated` ('raw': flagged before "
+    "abstention). Per kind (images whose regions are all lesion insertions, or all removals): "
+    "share answered `manipulated`, and box F1 at IoU 0.5 of the served boxes.",
+    rows="verdicts",
+    columns=(
+        ("condition", "$key"),
+        ("false alarm", "false_alarm_untouched"),
+        ("false alarm (raw)", "flagged_untouched"),
+        ("uncertain (all)", "uncertain"),
+        ("insertion found", "lesion.answered_manipulated"),
+        ("insertion box F1", "lesion.box_f1@0.5"),
+        ("removal found", "removal.answered_manipulated"),
+        ("removal box F1", "removal.box_f1@0.5"),
+    ),
+)
+
 ROBUSTNESS_TABLE = Table(
     "Robustness (corruption applied to the model-size image, same calibration)",
     when="robustness",
@@ -153,8 +193,8 @@ ROBUSTNESS_TABLE = Table(
 )
 
 TABLES: dict[str, tuple[Table, ...]] = {
-    "synthesis8": (*SYNTHESIS8_TABLES, ROBUSTNESS_TABLE),
-    "manipulation_density": (*LOCALIZER_TABLES, ROBUSTNESS_TABLE),
+    "synthesis8": (*SYNTHESIS8_TABLES, SYNTHESIS8_VERDICTS_TABLE, ROBUSTNESS_TABLE),
+    "manipulation_density": (*LOCALIZER_TABLES, LOCALIZER_VERDICTS_TABLE, ROBUSTNESS_TABLE),
 }
 
 

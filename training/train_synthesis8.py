@@ -11,6 +11,7 @@ temperature is then fitted on the validation logits and stored in the artifact.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,10 @@ from torch import nn
 
 from medfakedet.labels import CLASS_NAMES
 from medfakedet.models import build_classifier
+from medfakedet.ood import OODStatistics
 from medfakedet.preprocess import PreprocessConfig
 from medfakedet.pretrained import init_problem
+from training.abstention import calibrate_abstention
 from training.augment import DegradationFields
 from training.calibration import fit_ood, fit_temperature, grey_zone
 from training.config import CONFIG_DIR, build_arg_parser, parse_config_args
@@ -57,7 +60,17 @@ class Synthesis8Config(DegradationFields):
     eval_batch_size: int = 128
     bn_recalibration_images: int = 256  # re-estimate BN stats before each validation (0: off)
     device: str = "auto"
-    amp: bool = True  # mixed precision on CUDA only
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
+    cpu_bf16: bool = False  # bf16 autocast when training on a CPU with native bf16 (AVX512-BF16)
+    # Abstention (issue #10): the in-distribution cut-off keeps ood_coverage of val in; with
+    # calibration_draws > 0 the statistics and the grey zone also see that many degraded copies
+    # (the aug_* degradations) of the train and val images, and the grey zone is budgeted:
+    # at most max_false_fake of val reals answered fake, at most max_uncertain answered
+    # uncertain (training/abstention.py). 0: clean images, the symmetric grey zone.
+    ood_coverage: float = 0.95
+    calibration_draws: int = 0
+    max_false_fake: float = 0.01
+    max_uncertain: float = 0.1
     num_threads: int | None = None  # None: all cores
     num_workers: int = 0
     version: str = "1.0"
@@ -82,12 +95,31 @@ class Synthesis8Config(DegradationFields):
             problems.append(f"max_minutes must be > 0, got {self.max_minutes}")
         if (problem := init_problem(self.init, self.arch)) is not None:
             problems.append(problem)
+        if not 0.5 <= self.ood_coverage <= 1.0:
+            problems.append(f"ood_coverage must be within 0.5..1, got {self.ood_coverage}")
+        if self.calibration_draws < 0:
+            problems.append(f"calibration_draws must be >= 0, got {self.calibration_draws}")
+        if not (0 <= self.max_false_fake < 1 and 0 < self.max_uncertain <= 1):
+            problems.append("max_false_fake must be within [0, 1) and max_uncertain (0, 1]")
         problems += self.degradation_problems()
+        if self.calibration_draws and not self.degradation().active:
+            problems.append("calibration_draws > 0 needs a degradation (an aug_*_p above 0)")
         if problems:
             raise ValueError("invalid synthesis8 config: " + "; ".join(problems))
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(size=self.size, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def cpu_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast for a training step on a CPU with native bf16 (oneDNN says so); a no-op
+    elsewhere. Measured on this 2-core AMD EPYC (AVX512-BF16), ResNet18 at 128 px, batch 32:
+    a training step took 6.2 s instead of 11.3 s (median of 5, a loaded machine)."""
+    if not enabled or device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return contextlib.nullcontext()
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def _cap_per_class(dataset: Any, cap: int | None, seed: int) -> list[int]:
@@ -134,7 +166,7 @@ class Synthesis8Task(TrainingTask):
         x, y = batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)
-        with precision.autocast():
+        with precision.autocast(), cpu_autocast(device, self.cfg.cpu_bf16):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
         acc = (logits.argmax(1) == y).float().mean().item()
@@ -160,16 +192,21 @@ class Synthesis8Task(TrainingTask):
         # Abstention: grey zone of P(fake) on val; class-wise feature statistics of the training
         # images (organ-wise means of the reals alone let the fakes set the cut-off: measured,
         # it then kept 99% of real-dev "in" for a phantom-trained model).
-        probs = torch.softmax(torch.from_numpy(p["logits"]) / temperature, dim=1).numpy()
-        grey_low, grey_high = grey_zone(
-            probs[:, 1::2].sum(axis=1), probs.argmax(axis=1) % 2 == 1, p["labels"] % 2 == 1
-        )
         train_idx = self.train_indices(self.run.train)
-        self.ood = fit_ood(
-            model, self.run.clean_train, train_idx,
-            np.asarray(self.run.clean_train.targets)[train_idx], self.run.val,
-            self.images, self.run.device, self.cfg.eval_batch_size,
-        )  # fmt: skip
+        if self.cfg.calibration_draws:
+            self.ood, zone, shares = self._abstention(model, train_idx, temperature)
+            grey_low, grey_high = zone
+        else:
+            probs = torch.softmax(torch.from_numpy(p["logits"]) / temperature, dim=1).numpy()
+            grey_low, grey_high = grey_zone(
+                probs[:, 1::2].sum(axis=1), probs.argmax(axis=1) % 2 == 1, p["labels"] % 2 == 1
+            )
+            self.ood = fit_ood(
+                model, self.run.clean_train, train_idx,
+                np.asarray(self.run.clean_train.targets)[train_idx], self.run.val,
+                self.images, self.run.device, self.cfg.eval_batch_size, self.cfg.ood_coverage,
+            )  # fmt: skip
+            shares = {}
         summary = {
             "accuracy": val["accuracy"],
             "macro_f1": val["macro_f1"],
@@ -178,8 +215,24 @@ class Synthesis8Task(TrainingTask):
             **{k: cal[k] for k in ("ece_before", "ece_after", "nll_before", "nll_after")},
             "n": val["n"],
             "in_distribution_share": self.ood.coverage,
+            **shares,
         }
         return {"temperature": temperature, "grey_low": grey_low, "grey_high": grey_high}, summary
+
+    def _abstention(
+        self, model: nn.Module, train_idx: Sequence[int], temperature: float
+    ) -> tuple[OODStatistics, tuple[float, float], dict[str, float]]:
+        """Statistics and grey zone from clean and degraded copies (training/abstention.py)."""
+        cfg, run = self.cfg, self.run
+        degraded_val = self.dataset_class()(
+            run.root, "val", cfg.preprocess(), split_mode=cfg.split_mode, seed=cfg.seed,
+            degradation=cfg.degradation(),
+        )  # fmt: skip
+        return calibrate_abstention(
+            model, run.clean_train, run.train, train_idx, run.val, degraded_val, temperature,
+            run.device, cfg.eval_batch_size, cfg.calibration_draws, cfg.ood_coverage,
+            cfg.max_false_fake, cfg.max_uncertain, cfg.seed,
+        )  # fmt: skip
 
     def training_info(self, train_idx: Sequence[int]) -> dict[str, Any]:
         labels = np.asarray(self.run.train.targets)[list(train_idx)]
