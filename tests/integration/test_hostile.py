@@ -225,3 +225,19 @@ def test_dicom_with_nan_window_center_answers_strict_json(stack):
         assert answer.status == 200, answer.body[:300]
         assert answer.content_type == "application/json"
         answer.json()  # raises on NaN / Infinity
+
+
+def test_a_flood_from_one_address_gets_json_429s_and_nothing_else_breaks(stack):
+    """nginx's limits per address (64 connections; 100 requests/s, bursts of 200 queued): 600
+    requests from 250 connections at once, on a static path so that TorchServe is not
+    involved; the excess gets a JSON 429."""
+    probe = Probe("flood", "/openapi.json", method="GET")
+    with ThreadPoolExecutor(250) as pool:
+        answers = list(pool.map(lambda _: send(stack.base_url, probe), range(600)))
+    statuses = Counter(a.status for a in answers)
+    print(f"flood of 600 from 250 connections: {dict(statuses)}")
+    assert set(statuses) == {200, 429} and statuses[429] >= 100, statuses
+    limited = next(a for a in answers if a.status == 429)
+    assert limited.content_type == "application/json" and "retry" in limited.json()["message"]
+    time.sleep(3)  # the bucket drains at 100/s: later tests are not limited
+    check_valid(valid_request(1), send(stack.base_url, valid_request(1)))
