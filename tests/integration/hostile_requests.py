@@ -187,6 +187,7 @@ _BAD_FIELDS = {
     "thr": [b"1" * 400, b"nan", b"inf", b"-1", b"2", b"abc", b"0x10", b"1e999", b"\xff\xfe"],
     "min_area": [b"-5", b"3.5", b"1e400", b"x", b"99999999", b"9" * 400],
     "return_density": [b"maybe", b"2", b"\x00"],
+    "preview": [b"perhaps", b"-1", b"\xff"],
     "foo": [b"1"],
 }
 
