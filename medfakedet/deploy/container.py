@@ -152,15 +152,20 @@ def main(argv: list[str] | None = None) -> int:
             raise ContainerError(f"no TorchServe key in {run_dir}/key_file.json yet")
         return render_front_door(layout, read_token(args.token_file), key)
 
-    try:
-        if args.role == "render-nginx":
+    if args.role == "render-nginx":
+        try:
             print(f"wrote {render()}")
             return 0
-        ts = (lambda: start_torchserve(layout)) if args.role in ("torchserve", "all") else None
-        supervisor = Supervisor(args.log_dir, args.token_file, render, args.grace, ts)
+        except (ContainerError, TokenError) as e:
+            print(f"medfakedet container: {e}", file=sys.stderr)
+            return 2
+    ts = (lambda: start_torchserve(layout)) if args.role in ("torchserve", "all") else None
+    supervisor = Supervisor(args.log_dir, args.token_file, render, args.grace, ts)
+    try:
         return supervisor.run(nginx=args.role in ("nginx", "all"))
     except (ContainerError, TokenError) as e:
         print(f"medfakedet container: {e}", file=sys.stderr)
+        supervisor.stop()  # what did start (TorchServe) stops too
         return 2
 
 
