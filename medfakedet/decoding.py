@@ -85,7 +85,7 @@ class DecodeLimits:
 DEFAULT_LIMITS = DecodeLimits()
 #: What the TorchServe workers use: the model sees 224 px at most, so 512 px is plenty, and an
 #: upload then costs at most about one full-size decoded frame of memory for a moment.
-SERVING_LIMITS = DecodeLimits(max_seconds=4.0, working_side=512)
+SERVING_LIMITS = DecodeLimits(max_seconds=3.0, working_side=512)
 
 
 def reduce_factor(width: int, height: int, limits: DecodeLimits) -> int:

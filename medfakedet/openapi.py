@@ -51,7 +51,7 @@ def _upload(form, body, result, summary: str, doc: str, used: dict) -> dict:
     raw = {"schema": {"type": "string", "format": "binary"}}
     errors = {
         "400": "bad request: no image, not an image, a bad parameter",
-        "413": "the image has too many pixels or takes over 4 s to decode (a body over 50 MiB: "
+        "413": "the image has too many pixels or takes over 3 s to decode (a body over 50 MiB: "
         "nginx's 413 in the TorchServeError shape)",
         "415": "an image format that cannot be read (e.g. deflated DICOM)",
         "422": "the image gave a non-finite score (NaN or infinity)",

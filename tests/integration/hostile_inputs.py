@@ -6,6 +6,7 @@ server may answer. Used by ``test_hostile.py`` (through nginx) and ``scripts/fau
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -57,6 +58,18 @@ def png_zero_bomb(side: int) -> bytes:
     raw = zlib.compress(b"\x00" * (side + 1) * side, 9)
     idat, end = _png_chunk(b"IDAT", raw), _png_chunk(b"IEND", b"")
     return b"\x89PNG\r\n\x1a\n" + _ihdr(side, side) + idat + end
+
+
+@functools.cache
+def png_slow_bomb(side: int = 8000) -> bytes:
+    """A complete RGBA 16-bit PNG of zeros (~500 KB) whose 512 MB of filtered rows take longer
+    to inflate than the 4 s decode limit on a 2-core machine (its pixels fit the budgets)."""
+    row = bytes(1 + side * 8)
+    comp = zlib.compressobj(9)
+    raw = b"".join([*(comp.compress(row) for _ in range(side)), comp.flush()])
+    ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0))
+    idat, end = _png_chunk(b"IDAT", raw), _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + ihdr + idat + end
 
 
 def jpeg_declaring(width: int, height: int) -> bytes:

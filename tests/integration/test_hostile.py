@@ -241,3 +241,19 @@ def test_a_flood_from_one_address_gets_json_429s_and_nothing_else_breaks(stack):
     assert limited.content_type == "application/json" and "retry" in limited.json()["message"]
     time.sleep(3)  # the bucket drains at 100/s: later tests are not limited
     check_valid(valid_request(1), send(stack.base_url, valid_request(1)))
+
+
+def test_an_image_that_decodes_too_slowly_is_cut_at_the_time_limit(stack):
+    """A 500 KB PNG whose 512 MB of rows take more than the 3 s per-image limit to inflate
+    here: the worker stops decoding it (SIGALRM between zlib chunks) and answers 413."""
+    data = h.png_slow_bomb()
+    pids = [pid for model in workers(stack.management_url).values() for _, _, pid in model]
+    with RssPeak(pids) as rss:
+        start = time.perf_counter()
+        answer = send(stack.base_url, upload("slow PNG", S8, data))
+        seconds = time.perf_counter() - start
+    print(f"slow PNG: {answer.status} in {seconds:.2f} s, worker RSS +{rss.growth_mib:.0f} MiB")
+    if answer.status != 200:  # a fast machine decodes it within the limit: then it is legal
+        assert answer.status == 413 and "3 s limit" in answer.json()["error"]
+    assert seconds < 5.0
+    assert rss.growth_mib <= 512
