@@ -78,6 +78,9 @@ def test_build_layout_manifest_and_summary(built: Path) -> None:
         "inpaint_kinds": list(DEFAULT_INPAINT_KINDS),
         "inpaint_fractions": [0.85, 0.1, 0.05],
         "encode": "random",
+        "fake_mix": None,
+        "gan_steps": None,
+        "gan_device": "auto",
     }
     # The fields that are not a function of the seed, named so that comparisons can drop them.
     assert set(info) == {

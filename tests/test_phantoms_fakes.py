@@ -188,7 +188,7 @@ def _fit_sample(name: str, reals: list[np.ndarray], seed: int, n: int = 4) -> li
 
 def test_registry_names() -> None:
     # The names are the manifest's "approach" values: renaming one changes the datasets.
-    assert set(SYNTHESIZERS) == {"vae", "diffusion_resynth", "upsample"}
+    assert set(SYNTHESIZERS) == {"vae", "diffusion_resynth", "upsample", "gan"}
 
 
 @pytest.mark.parametrize("name", sorted(_TINY))
@@ -237,8 +237,9 @@ def test_make_fakes_round_robin(
     # Step caps, not a time budget, end training: the fakes do not depend on machine load.
     for name, tiny in _TINY.items():
         monkeypatch.setitem(SYNTHESIZERS, name, tiny)
-    out = make_fakes("brain", brain_reals, 7, np.random.default_rng(0), time_budget_s=math.inf)
-    again = make_fakes("brain", brain_reals, 7, np.random.default_rng(0), time_budget_s=math.inf)
+    three = ("vae", "diffusion_resynth", "upsample")  # equal shares: round-robin
+    out = make_fakes("brain", brain_reals, 7, np.random.default_rng(0), three, math.inf)
+    again = make_fakes("brain", brain_reals, 7, np.random.default_rng(0), three, math.inf)
     for (image, name, source), (image2, name2, source2) in zip(out, again, strict=True):
         assert np.array_equal(image, image2) and (name, source) == (name2, source2)
     assert [name for _, name, _ in out] == [
@@ -260,5 +261,5 @@ def test_make_fakes_round_robin(
     reals = np.stack(brain_reals).astype(float)
     for img, _, src in two:
         assert np.abs(reals - img.astype(float)).mean(axis=(1, 2)).argmin() == src
-    with pytest.raises(ValueError, match="choose from vae, diffusion_resynth, upsample"):
-        make_fakes("brain", brain_reals, 2, np.random.default_rng(0), ("gan",))
+    with pytest.raises(ValueError, match="choose from vae, diffusion_resynth, upsample, gan"):
+        make_fakes("brain", brain_reals, 2, np.random.default_rng(0), ("stylegan",))

@@ -17,8 +17,20 @@ def _shares(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def _mix(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    try:
+        pairs = [item.split("=") for item in text.split(",")]
+        return {name.strip(): float(share) for name, share in pairs}
+    except ValueError:
+        raise SystemExit(
+            f"--fake-mix needs approach=share pairs like gan=0.4,vae=0.2,upsample=0.4; got {text!r}"
+        ) from None
+
+
 def _build(args: argparse.Namespace) -> int:
-    from .builder import build_datasets
+    from .builder import FakeOptions, build_datasets
 
     summary = build_datasets(
         args.out,
@@ -33,6 +45,7 @@ def _build(args: argparse.Namespace) -> int:
         inpaint_kinds=[k.strip() for k in args.inpaint_kinds.split(",") if k.strip()],
         inpaint_fractions=_shares(args.inpaint_split),
         encode=args.encode,
+        fake_options=FakeOptions(_mix(args.fake_mix), args.gan_steps, args.gan_device),
     )
     counts = summary["counts"]
     print(
@@ -44,6 +57,13 @@ def _build(args: argparse.Namespace) -> int:
     if summary["unreadable_real_files"]:
         print(f"skipped {len(summary['unreadable_real_files'])} unreadable real files")
     print(f"time taken: {summary['seconds']:.1f} s with {summary['args']['workers']} worker(s)")
+    return 0
+
+
+def _separability(args: argparse.Namespace) -> int:
+    from .separability import format_table, separability
+
+    print(format_table(separability(args.dir, size=args.size)))
     return 0
 
 
@@ -109,11 +129,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         "q50-100 or 8/16-bit PNG by one seeded rule, so no file property carries the label; "
         "none: 8-bit PNG at --size",
     )
+    b.add_argument(
+        "--fake-mix",
+        default=None,
+        help="shares of the MedFake fake approaches, e.g. gan=0.4,vae=0.2,diffusion_resynth=0.2,"
+        "upsample=0.2 (the default)",
+    )
+    b.add_argument(
+        "--gan-steps",
+        type=int,
+        default=None,
+        help="GAN training steps per organ (default: its step cap, higher on CUDA)",
+    )
+    b.add_argument(
+        "--gan-device",
+        default="auto",
+        help="where the GAN trains: auto (CUDA when present; default), cpu or cuda[:N]",
+    )
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)
     c = sub.add_parser("check", help="validate a dataset folder; exit 1 on problems")
     c.add_argument("dir", help="MedFake folder, MedFakeInpaint folder, or a build's --out")
     c.set_defaults(func=_check)
+    s = sub.add_parser(
+        "separability",
+        help="per organ and approach, how well blur and noise statistics alone tell the fakes "
+        "of a build from its reals (cross-validated ROC-AUC; 0.5 = not at all)",
+    )
+    s.add_argument("dir", help="a build's --out or its medfake/ folder")
+    s.add_argument("--size", type=int, default=128, help="side the images are resized to")
+    s.set_defaults(func=_separability)
     args = parser.parse_args(argv)
     return args.func(args)
 

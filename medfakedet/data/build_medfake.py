@@ -9,6 +9,7 @@ by one rule from its own seed (:func:`.build_common.encode_spec`), recorded in `
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,18 @@ REAL_CHUNK = 50
 
 #: A named image: (relative path or name, uint8 gray image).
 Named = tuple[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class FakeOptions:
+    """How the fakes are made: the approach mix and the GAN's training."""
+
+    #: ``{approach: share}``; None: :data:`medfakedet.data.fakes.DEFAULT_MIX`.
+    mix: dict[str, float] | None = None
+    #: GAN training steps; None: its default (more on CUDA than on the CPU).
+    gan_steps: int | None = None
+    #: "auto" (CUDA when present, else the CPU), "cpu" or "cuda[:N]".
+    gan_device: str = "auto"
 
 
 def medfake_spec(encode: str, seed: int, organ: str, is_fake: bool, i: int) -> EncodeSpec:
@@ -96,11 +109,14 @@ def fake_job(
     size: int,
     time_budget_s: float | None,
     encode: str = "random",
+    fake_options: FakeOptions | None = None,
 ) -> list[dict]:
     """Train the fake generators of ``organ`` on its reals and write ``n`` fakes."""
     import torch
 
-    from .fakes import make_fakes
+    from .fakes import DEFAULT_MIX, make_fakes
+
+    opts = fake_options or FakeOptions()
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # same thread count inline and in workers: same bytes
@@ -112,7 +128,9 @@ def fake_job(
             reals,
             n,
             seeded_rng(seed, FAKE_STREAM, ORGANS.index(organ)),
+            approaches=opts.mix or DEFAULT_MIX,
             time_budget_s=budget,
+            options={"gan": {"max_steps": opts.gan_steps, "device": opts.gan_device}},
         )
     finally:
         torch.set_num_threads(threads)
@@ -262,6 +280,7 @@ def submit_fakes(
     size: int,
     time_budget_s: float | None,
     encode: str,
+    fake_options: FakeOptions | None = None,
 ) -> list:
     """Start one fake job per organ (as many fakes as reals); collect with ``runner.collect``."""
     return [
@@ -276,6 +295,7 @@ def submit_fakes(
             size,
             time_budget_s,
             encode,
+            fake_options,
         )
         for organ in ORGANS
     ]

@@ -55,6 +55,7 @@ from .build_inpaint import (
     inpaint_sources,
 )
 from .build_medfake import (
+    FakeOptions,
     Named,
     load_real_dir,
     submit_fakes,
@@ -72,6 +73,7 @@ __all__ = [
     "DEFAULT_SEED",
     "DEFAULT_SIZE",
     "ENCODE_MODES",
+    "FakeOptions",
     "build_datasets",
 ]
 
@@ -134,6 +136,24 @@ def _checked_options(
     return kinds, fractions
 
 
+def _checked_fake_options(options: FakeOptions) -> FakeOptions:
+    """Refuse an unknown approach, a negative share or step count, or a missing device."""
+    from medfakedet.runtime import select_device
+
+    from .fakes import DEFAULT_MIX, SYNTHESIZERS
+
+    mix = options.mix or DEFAULT_MIX
+    if not mix or set(mix) - set(SYNTHESIZERS) or min(mix.values()) < 0 or sum(mix.values()) <= 0:
+        raise ValueError(
+            f"fake mix must give approaches of {', '.join(SYNTHESIZERS)} shares >= 0 with a "
+            f"positive sum; got {mix}"
+        )
+    if options.gan_steps is not None and options.gan_steps < 0:
+        raise ValueError(f"gan_steps must be >= 0 (None: the default); got {options.gan_steps}")
+    select_device(options.gan_device)  # raises for cuda without CUDA
+    return options
+
+
 def _load_average() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
@@ -187,6 +207,7 @@ def build_datasets(
     inpaint_kinds: Iterable[str] = DEFAULT_INPAINT_KINDS,
     inpaint_fractions: tuple[float, float, float] = INPAINT_FRACTIONS,
     encode: str = "random",
+    fake_options: FakeOptions | None = None,
 ) -> dict[str, Any]:
     """Build MedFake and MedFakeInpaint under ``out`` (see the module docstring).
 
@@ -211,6 +232,9 @@ def build_datasets(
             ``split_fixed_density.json``; default the paper's 85 / 10 / 5.
         encode: "random" (default): every image gets a seeded random encode (see the module
             docstring); "none": 8-bit PNG at ``size``, as before.
+        fake_options: the MedFake fake approaches' mix and the GAN's steps and device (see
+            :class:`FakeOptions`); default: ``fakes.DEFAULT_MIX``, the GAN's step cap, CUDA when
+            present.
 
     Returns:
         The summary also written to ``build.json``.
@@ -220,6 +244,7 @@ def build_datasets(
     inpaint_kinds, fractions = _checked_options(
         per_class, inpaint, size, inpaint_kinds, inpaint_fractions, encode
     )
+    fake_options = _checked_fake_options(fake_options or FakeOptions())
     out = Path(out)
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     _prepare_out(out)
@@ -247,7 +272,9 @@ def build_datasets(
         else:
             reals = write_real_dir_reals(runner, mf_root, real_sets, seed, size, encode)
         # 2. Fakes (longest jobs first) and inpainting chunks.
-        fake_futures = submit_fakes(runner, mf_root, reals, seed, size, fake_time_budget_s, encode)
+        fake_futures = submit_fakes(
+            runner, mf_root, reals, seed, size, fake_time_budget_s, encode, fake_options
+        )
         sources = inpaint_sources(n_sources, brain_sources)
         inpaint_futures = [
             runner.submit(
@@ -296,6 +323,9 @@ def build_datasets(
             "inpaint_kinds": list(inpaint_kinds),
             "inpaint_fractions": list(fractions),
             "encode": encode,
+            "fake_mix": fake_options.mix,
+            "gan_steps": fake_options.gan_steps,
+            "gan_device": fake_options.gan_device,
         },
         "counts": _counts(medfake_rows, inpaint_rows, split),
         "unreadable_real_files": skipped,

@@ -1,4 +1,5 @@
-"""A contact sheet of a build: one row per MedFake class, then inpainting examples.
+"""A contact sheet of a build: per organ a row of reals and a row per fake approach, then
+inpainting examples.
 
 Inpainting examples show four tiles each: the image, the image with the mask outline (red),
 the density map (heat colours) and the image with the YOLO boxes (green), read back from the
@@ -63,6 +64,14 @@ def _spread(rows: list[dict[str, str]], n: int, key: str) -> list[dict[str, str]
     return picked
 
 
+def _by_approach(rows: list[dict[str, str]]) -> list[tuple[str, list[dict[str, str]]]]:
+    """``rows`` grouped by approach, in name order."""
+    groups: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        groups.setdefault(row.get("approach", ""), []).append(row)
+    return sorted(groups.items())
+
+
 def _inpaint_tiles(root: Path, image_id: str, tile: int) -> list[Image.Image]:
     image = _load_gray(index_files(root, "images")[image_id])
     w, h = image.size
@@ -87,7 +96,11 @@ def _inpaint_tiles(root: Path, image_id: str, tile: int) -> list[Image.Image]:
 
 
 def make_contact_sheet(
-    build_root: str | Path, out_path: str | Path, per_row: int = 8, inpaint_rows: int = 3
+    build_root: str | Path,
+    out_path: str | Path,
+    per_row: int = 8,
+    inpaint_rows: int = 3,
+    tile: int = 128,
 ) -> Path:
     """Write a PNG contact sheet of the build in ``build_root`` to ``out_path``.
 
@@ -95,23 +108,23 @@ def make_contact_sheet(
         build_root: folder holding ``medfake/`` and ``medfakeinpaint/``.
         out_path: PNG to write.
         per_row: tiles per row (MedFake: images per class; inpaint: 4 tiles per example).
-        inpaint_rows: rows of inpainting examples.
+        inpaint_rows: rows of inpainting examples (0: none).
+        tile: side of a tile in pixels.
     """
     build_root, out_path = Path(build_root), Path(out_path)
     mf_root, ip_root = build_root / "medfake", build_root / "medfakeinpaint"
-    tile = 128
     rows: list[tuple[str, list[Image.Image]]] = []
     medfake = _read_rows(mf_root / MANIFEST_NAME)
     for name in CLASS_NAMES:
         organ, label = name.rsplit("_", 1)
         members = [r for r in medfake if r["organ"] == organ and r["label"] == label]
-        picked = _spread(members, per_row, "approach")
-        caption = name + (
-            "\n" + "\n".join(sorted({r["approach"] for r in picked if r["approach"]}))
-            if label == "fake"
-            else ""
-        )
-        rows.append((caption, [_gray(mf_root / r["path"], tile).convert("RGB") for r in picked]))
+        # Reals, then one row per approach, so each approach's fakes sit next to the reals.
+        groups = [("", members)] if label == "real" else _by_approach(members)
+        for approach, group in groups:
+            picked = group[:per_row]
+            caption = f"{name}\n{approach}" if approach else name
+            tiles = [_gray(mf_root / r["path"], tile).convert("RGB") for r in picked]
+            rows.append((caption, tiles))
     inpaint = [r for r in _read_rows(ip_root / MANIFEST_NAME) if r["variant"] != "orig"]
     per_example = 4
     examples = _spread(inpaint, inpaint_rows * (per_row // per_example), "variant")

@@ -1,6 +1,7 @@
 """Synthesis approaches that turn one organ's real images into fakes, on a small CPU budget.
 
-Three approaches, each trained by the dataset builder on that organ's reals in seconds:
+Three approaches here, each trained by the dataset builder on that organ's reals in seconds,
+and a small GAN in :mod:`.gan` (``gan``), trained longer:
 
 - ``vae``: a small convolutional VAE at 64 px. Samples decode a latent between the posterior
   means of two random reals, plus posterior noise (prior samples of a VAE trained for seconds are
@@ -25,21 +26,25 @@ the number of steps (and so the weights) depends on machine speed.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .phantoms.canvas import display_uint8
+from .gan import GANSynthesizer
+from .synth_base import (
+    FittedBase,
+    finish,
+    random_patches,
+    train_adam,
+)
 
 DEFAULT_TIME_BUDGET_S = 16.0
 #: Share of make_fakes' time budget that each approach's fit() may use.
-_BUDGET_SHARE = {"vae": 0.6, "diffusion_resynth": 0.22, "upsample": 0.18}
-_MAX_WORK_SIZE = 128  # resolution cap for the patch-based approaches
+_BUDGET_SHARE = {"gan": 0.5, "vae": 0.3, "diffusion_resynth": 0.11, "upsample": 0.09}
 
 
 class Synthesizer(Protocol):
@@ -58,101 +63,6 @@ class Synthesizer(Protocol):
         ...
 
 
-# ------------------------------------------------------------------------------ helpers
-
-
-def _stack_reals(reals: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Reals as a (N, 1, H, W) float tensor in [0, 1] at their most common shape."""
-    if len(reals) == 0:
-        raise ValueError("need at least one real image to fit a synthesizer; got none")
-    shapes = [np.shape(r) for r in reals]
-    bad = [s for s in shapes if len(s) != 2]
-    if bad:
-        raise ValueError(f"real images must be 2-D grayscale (H, W) arrays; got shape {bad[0]}")
-    values, counts = np.unique(np.asarray(shapes), axis=0, return_counts=True)
-    out_shape = (int(values[counts.argmax()][0]), int(values[counts.argmax()][1]))
-    tensors = []
-    for r in reals:
-        t = torch.from_numpy(np.asarray(r, dtype=np.float32) / 255.0)[None, None]
-        if t.shape[-2:] != out_shape:
-            t = _resize(t, out_shape)
-        tensors.append(t)
-    return torch.cat(tensors), out_shape
-
-
-def _resize(x: torch.Tensor, shape: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(shape):
-        return x
-    down = shape[0] < x.shape[-2] or shape[1] < x.shape[-1]
-    kw = {"align_corners": False, "antialias": down} if mode in ("bilinear", "bicubic") else {}
-    return F.interpolate(x, size=shape, mode=mode, **kw)
-
-
-def _work_shape(shape: tuple[int, int], cap: int) -> tuple[int, int]:
-    scale = min(1.0, cap / max(shape))
-    return max(8, round(shape[0] * scale)), max(8, round(shape[1] * scale))
-
-
-def _match_histogram(img: np.ndarray, ref: np.ndarray, levels: int = 256) -> np.ndarray:
-    """Monotone remap of ``img`` so its value quantiles follow ``ref``'s.
-
-    Quantile-to-quantile interpolation (not rank assignment), so flat regions stay flat.
-    """
-    q = np.linspace(0.0, 1.0, levels)
-    src_q = np.quantile(img, q)
-    ref_q = np.quantile(ref, q)
-    src_q, keep = np.unique(src_q, return_index=True)  # np.interp needs increasing x
-    return np.interp(img, src_q, ref_q[keep]).astype(np.float32)
-
-
-def _finish(fake: torch.Tensor, ref: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
-    """Resize a (1, h, w) fake to ``shape``, match ``ref``'s histogram, quantise to uint8."""
-    img = _resize(fake[None], shape)[0, 0].numpy()
-    return display_uint8(_match_histogram(img, ref[0].numpy()))
-
-
-def _torch_seed(rng: np.random.Generator) -> int:
-    return int(rng.integers(0, 2**62))
-
-
-def _train(
-    model: nn.Module,
-    loss_fn: Callable[[torch.Generator], torch.Tensor],
-    gen: torch.Generator,
-    max_steps: int,
-    time_budget_s: float,
-    lr: float,
-) -> int:
-    """Adam loop until ``max_steps`` or ``time_budget_s``; returns the steps done."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    start = time.perf_counter()
-    step = 0
-    while step < max_steps and time.perf_counter() - start < time_budget_s:
-        opt.zero_grad(set_to_none=True)
-        loss_fn(gen).backward()
-        opt.step()
-        step += 1
-    model.eval()
-    return step
-
-
-def _random_patches(images: torch.Tensor, n: int, patch: int, gen: torch.Generator) -> torch.Tensor:
-    """``n`` random (1, patch, patch) crops, randomly h-flipped."""
-    N, _, H, W = images.shape
-    p = min(patch, H, W)
-    idx = torch.randint(0, N, (n,), generator=gen)
-    ys = torch.randint(0, H - p + 1, (n,), generator=gen)
-    xs = torch.randint(0, W - p + 1, (n,), generator=gen)
-    flips = torch.rand(n, generator=gen) < 0.5
-    crops = [
-        images[i, :, y : y + p, x : x + p]
-        for i, y, x in zip(idx.tolist(), ys.tolist(), xs.tolist(), strict=True)
-    ]
-    out = torch.stack(crops)
-    return torch.where(flips[:, None, None, None], out.flip(-1), out)
-
-
 class _TinyConvNet(nn.Module):
     """Fully convolutional residual net: a few dilated 3x3 convs (receptive field ~31 px)."""
 
@@ -168,56 +78,6 @@ class _TinyConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
-
-
-def _build(seed: int, factory: Callable[[], nn.Module]) -> nn.Module:
-    """Build a module with a seeded init without touching torch's global RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return factory()
-
-
-class _FittedBase:
-    """Keeps the reals (float tensor) and output shape shared by all approaches."""
-
-    name = "base"
-
-    def __init__(self) -> None:
-        self._reals: torch.Tensor | None = None
-        self._shape: tuple[int, int] = (0, 0)
-        self.steps_trained = 0
-        #: Index (into the fitted reals) of the real each fake of the last sample() came from.
-        self.last_sources: list[int] = []
-
-    def _require_fit(self) -> torch.Tensor:
-        if self._reals is None:
-            raise RuntimeError(f"{type(self).__name__}.sample() called before fit()")
-        return self._reals
-
-    def _start_fit(
-        self,
-        reals: list[np.ndarray],
-        rng: np.random.Generator,
-        work_shape: tuple[int, int] | None,
-        factory: Callable[[], nn.Module],
-    ) -> tuple[torch.Tensor, nn.Module, torch.Generator]:
-        """Keep the reals and build the seeded model; returns (reals resized to ``work_shape``,
-        None: the capped patch shape; the model; the training generator)."""
-        self._reals, self._shape = _stack_reals(reals)
-        work = _resize(self._reals, work_shape or _work_shape(self._shape, _MAX_WORK_SIZE))
-        seed = _torch_seed(rng)
-        model = _build(seed, factory)
-        return work, model, torch.Generator().manual_seed(seed)
-
-    def _sampling(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Generator]:
-        """(fitted reals, sampling generator) at the start of ``sample``."""
-        reals = self._require_fit()
-        return reals, torch.Generator().manual_seed(_torch_seed(rng))
-
-    def _pick(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        picks = torch.randint(0, self._require_fit().shape[0], (n,), generator=gen)
-        self.last_sources = picks.tolist()
-        return picks
 
 
 # ---------------------------------------------------------------------------------- VAE
@@ -250,7 +110,7 @@ class _ConvVAE(nn.Module):
         return torch.sigmoid(self.dec(self.fc(z).view(-1, 32, 4, 4)))
 
 
-class VAESynthesizer(_FittedBase):
+class VAESynthesizer(FittedBase):
     """Small convolutional VAE at 64 px (see the module docstring for how it samples)."""
 
     name = "vae"
@@ -278,7 +138,7 @@ class VAESynthesizer(_FittedBase):
             kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / x.shape[0]
             return rec + beta * kl
 
-        self.steps_trained = _train(model, loss, gen, self.max_steps, time_budget_s, lr=2e-3)
+        self.steps_trained = train_adam(model, loss, gen, self.max_steps, time_budget_s, lr=2e-3)
         self._x64 = x64
 
     @torch.no_grad()
@@ -292,13 +152,13 @@ class VAESynthesizer(_FittedBase):
         z = mu_a + t * (mu_b - mu_a)
         z = z + 0.5 * torch.randn(z.shape, generator=gen) * (0.5 * logvar_a).exp()
         out = self.model.decode(z)
-        return [_finish(out[i], reals[a[i]], self._shape) for i in range(n)]
+        return [finish(out[i], reals[a[i]], self._shape) for i in range(n)]
 
 
 # --------------------------------------------------------------- diffusion resynthesis
 
 
-class DiffusionResynthSynthesizer(_FittedBase):
+class DiffusionResynthSynthesizer(FittedBase):
     """SDEdit-style: noise a real strongly, denoise in a few steps with a tiny learned x0-net."""
 
     name = "diffusion_resynth"
@@ -327,14 +187,16 @@ class DiffusionResynthSynthesizer(_FittedBase):
         lo, hi = np.log(self.sigma_end), np.log(self.sigma_start * 1.2)
 
         def loss(g: torch.Generator) -> torch.Tensor:
-            x0 = _random_patches(self._work, 16, 32, g)
+            x0 = random_patches(self._work, 16, 32, g)
             sigma = torch.exp(lo + (hi - lo) * torch.rand(x0.shape[0], generator=g))
             x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=g)
             # Weight by 1/sigma^2 so low-noise steps (the texture) are learned too.
             err = (self._denoise(x, sigma) - x0) / sigma.view(-1, 1, 1, 1)
             return err.pow(2).mean()
 
-        self.steps_trained = _train(self.model, loss, gen, self.max_steps, time_budget_s, lr=2e-3)
+        self.steps_trained = train_adam(
+            self.model, loss, gen, self.max_steps, time_budget_s, lr=2e-3
+        )
 
     @torch.no_grad()
     def sample(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -350,13 +212,13 @@ class DiffusionResynthSynthesizer(_FittedBase):
             fresh = torch.randn(x.shape, generator=gen)
             x = x0_hat + s_next * (np.sqrt(1 - self.eta**2) * eps_hat + self.eta * fresh)
         out = self._denoise(x, torch.full((n,), float(sigmas[-1]))).clamp(0, 1)
-        return [_finish(out[i], reals[src[i]], self._shape) for i in range(n)]
+        return [finish(out[i], reals[src[i]], self._shape) for i in range(n)]
 
 
 # ------------------------------------------------------------------------ upsampling
 
 
-class UpsamplerSynthesizer(_FittedBase):
+class UpsamplerSynthesizer(FittedBase):
     """Downsample a real by ``factor`` and regenerate it: bicubic + learned residual detail."""
 
     name = "upsample"
@@ -378,24 +240,49 @@ class UpsamplerSynthesizer(_FittedBase):
         patch = 8 * self.factor
 
         def loss(g: torch.Generator) -> torch.Tensor:
-            hr = _random_patches(self._work, 16, patch, g)
+            hr = random_patches(self._work, 16, patch, g)
             return F.l1_loss(self._upsample(hr), hr)
 
-        self.steps_trained = _train(self.model, loss, gen, self.max_steps, time_budget_s, lr=2e-3)
+        self.steps_trained = train_adam(
+            self.model, loss, gen, self.max_steps, time_budget_s, lr=2e-3
+        )
 
     @torch.no_grad()
     def sample(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
         reals, gen = self._sampling(rng)
         src = self._pick(n, gen)
         out = self._upsample(self._work[src]).clamp(0, 1)
-        return [_finish(out[i], reals[src[i]], self._shape) for i in range(n)]
+        return [finish(out[i], reals[src[i]], self._shape) for i in range(n)]
 
 
 SYNTHESIZERS: dict[str, type] = {
     VAESynthesizer.name: VAESynthesizer,
     DiffusionResynthSynthesizer.name: DiffusionResynthSynthesizer,
     UpsamplerSynthesizer.name: UpsamplerSynthesizer,
+    GANSynthesizer.name: GANSynthesizer,
 }
+
+#: The builder's default mix (shares of the fakes). The GAN gets the largest share: it is the
+#: one approach trained to make whole images whose fine detail matches the reals', so blur or
+#: noise level does not give it away (see medfakedet.data.separability), closest to published
+#: GAN / diffusion fakes; the three others keep the kinds of fake diverse.
+DEFAULT_MIX = {"gan": 0.4, "vae": 0.2, "diffusion_resynth": 0.2, "upsample": 0.2}
+
+
+def mix_schedule(weights: Sequence[float], n: int) -> list[int]:
+    """Which approach makes each of ``n`` fakes: smooth weighted round-robin (equal weights give
+    plain round-robin 0, 1, 2, 0, ...), so every prefix follows the shares."""
+    w = np.asarray(weights, dtype=float)
+    if len(w) == 0 or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"approach shares must be >= 0 with a positive sum; got {list(w)}")
+    w = w / w.sum()
+    done = np.zeros(len(w))
+    out = []
+    for i in range(n):
+        k = int(np.argmax(w * (i + 1) - done + 1e-9 * (len(w) - np.arange(len(w)))))
+        done[k] += 1
+        out.append(k)
+    return out
 
 
 def make_fakes(
@@ -403,46 +290,55 @@ def make_fakes(
     reals: list[np.ndarray],
     n: int,
     rng: np.random.Generator,
-    approaches: Sequence[str] = ("vae", "diffusion_resynth", "upsample"),
+    approaches: Sequence[str] | Mapping[str, float] = DEFAULT_MIX,
     time_budget_s: float = DEFAULT_TIME_BUDGET_S,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[tuple[np.ndarray, str, int]]:
-    """Fit each approach on ``reals`` and make ``n`` fakes spread over them round-robin.
+    """Fit each approach on ``reals`` and make ``n`` fakes spread over them by their shares.
 
     Args:
         organ: organ name (used in messages only; the reals define what is learned).
         reals: the organ's real images, uint8 (H, W); fakes get their most common shape.
-        n: number of fakes; fake ``i`` comes from ``approaches[i % len(approaches)]``.
+        n: number of fakes; fake ``i`` comes from approach ``mix_schedule(shares, n)[i]``.
         rng: source of all randomness (each approach gets its own child generator).
-        approaches: names from ``SYNTHESIZERS``.
+        approaches: names from ``SYNTHESIZERS`` (equal shares: round-robin), or
+            ``{name: share}`` (default :data:`DEFAULT_MIX`).
         time_budget_s: total training budget, split over the approaches.
+        options: keyword arguments for an approach's constructor, e.g.
+            ``{"gan": {"max_steps": 400, "device": "auto"}}``.
 
     Returns:
         ``n`` triples (uint8 image, approach name, index of the real it was made from) in
-        round-robin order; the index lets a builder keep a fake in its source real's split.
+        schedule order; the index lets a builder keep a fake in its source real's split.
     """
-    unknown = [a for a in approaches if a not in SYNTHESIZERS]
-    if unknown or not approaches:
+    mix = dict(approaches) if isinstance(approaches, Mapping) else dict.fromkeys(approaches, 1.0)
+    names = list(mix)
+    unknown = [a for a in names if a not in SYNTHESIZERS]
+    if unknown or not names:
         raise ValueError(
             f"unknown synthesis approach(es) {unknown} for {organ!r}; "
             f"choose from {', '.join(SYNTHESIZERS)}"
         )
     if n < 0:
         raise ValueError(f"number of fakes must be >= 0; got {n}")
-    shares = np.array([_BUDGET_SHARE.get(a, 1.0 / len(approaches)) for a in approaches])
+    schedule = mix_schedule([mix[a] for a in names], n)
+    shares = np.array([_BUDGET_SHARE.get(a, 1.0 / len(names)) for a in names])
     shares = shares / shares.sum()
     per_approach: list[list[tuple[np.ndarray, int]]] = []
-    child_rngs = rng.spawn(len(approaches))
-    for k, (name, share, child) in enumerate(zip(approaches, shares, child_rngs, strict=True)):
-        count = len(range(k, n, len(approaches)))
+    child_rngs = rng.spawn(len(names))
+    for k, (name, share, child) in enumerate(zip(names, shares, child_rngs, strict=True)):
+        count = schedule.count(k)
         if count == 0:
             per_approach.append([])
             continue
-        synth = SYNTHESIZERS[name]()
+        synth = SYNTHESIZERS[name](**dict((options or {}).get(name, {})))
         synth.fit(reals, child, time_budget_s * float(share))
         images = synth.sample(count, child)
         per_approach.append(list(zip(images, synth.last_sources, strict=True)))
+    taken = [0] * len(names)
     out = []
-    for i in range(n):
-        image, source = per_approach[i % len(approaches)][i // len(approaches)]
-        out.append((image, approaches[i % len(approaches)], source))
+    for k in schedule:
+        image, source = per_approach[k][taken[k]]
+        taken[k] += 1
+        out.append((image, names[k], source))
     return out
