@@ -4,7 +4,9 @@
 entry per item: a JSON-ready dict, or a :class:`PredictionError` for an item that could not be
 used (its HTTP status and a message). One bad item never fails the others.
 
-On CUDA the model runs in channels_last with float16 autocast; on CPU in float32.
+On CUDA the model runs in channels_last with float16 autocast; on the CPU on the path of
+:mod:`medfakedet.fastpath` (fp32 unless ``from_artifact(cpu_path=...)`` or ``MEDFAKEDET_CPU_PATH``
+asks for another or for ``auto``, the measured choice that serving makes).
 
 Every result carries the in-distribution check of :mod:`medfakedet.ood` (features captured
 during the same forward pass) and the verdict of :mod:`medfakedet.verdict`.
@@ -12,15 +14,18 @@ during the same forward pass) and the verdict of :mod:`medfakedet.verdict`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medfakedet import fastpath
 from medfakedet.artifacts import Artifact, ArtifactError, load_artifact
 from medfakedet.imaging import (
     DecodedImage,
@@ -84,8 +89,35 @@ class _Predictor:
         self.cfg = artifact.preprocess
         self.ood = artifact.ood  # None: an artifact without statistics never abstains
         self.on_gpu = device.type == "cuda"
-        if self.on_gpu:  # tensor cores like NHWC; CPU convs gain nothing from it here
+        self.cpu_path = fastpath.PATHS["fp32"]
+        path = "cuda_fp16_channels_last" if self.on_gpu else "fp32"
+        self.runtime: dict = {"device": str(device), "cpu_path": path}
+        #: Seconds per stage of the last ``predict`` (decode, preprocess, forward, postprocess).
+        self.timings: dict[str, float] = {}
+        if self.on_gpu:  # tensor cores like NHWC
             self.model = self.model.to(memory_format=torch.channels_last)
+
+    def use_cpu_path(self, setting: str | None) -> None:
+        """Choose the CPU path (:func:`medfakedet.fastpath.choose`; ``auto`` measures it), checked
+        against fp32 with this task's agreement score. No-op on a GPU."""
+        if self.on_gpu:
+            return
+        agree, minimum, images = self._agreement()
+        choice = fastpath.choose(self.model, self.cfg, agree, minimum, setting, images=images)
+        self.cpu_path = choice.path
+        self.runtime = {"device": str(self.device), **choice.as_dict()}
+
+    def _agreement(self):
+        """(score(fp32_outputs, candidate_outputs), minimum score, images) of the path check."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _clock(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
     @classmethod
     def from_artifact(
@@ -93,10 +125,14 @@ class _Predictor:
         artifact_dir: str | Path,
         device: str | torch.device = "cpu",
         limits: DecodeLimits | None = None,
+        cpu_path: str | None = "fp32",
     ):
-        """Load the artifact folder onto ``device`` ("cpu", "cuda:0", "auto", a GPU id, ...)."""
+        """Load the artifact folder onto ``device`` ("cpu", "cuda:0", "auto", a GPU id, ...);
+        ``cpu_path``: see :mod:`medfakedet.fastpath` (``MEDFAKEDET_CPU_PATH`` overrides it)."""
         device = select_device(device)
-        return cls(load_artifact(artifact_dir, device=device), device, limits)
+        predictor = cls(load_artifact(artifact_dir, device=device), device, limits)
+        predictor.use_cpu_path(cpu_path)
+        return predictor
 
     @property
     def model_version(self) -> str:
@@ -118,15 +154,21 @@ class _Predictor:
     def _inputs(self, images: Sequence[DecodedImage]) -> torch.Tensor:
         x = preprocess_batch([im.pixels for im in images], self.cfg).to(self.device)
         if self.on_gpu:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+            return x.contiguous(memory_format=torch.channels_last)
+        return self.cpu_path.inputs(x)
 
     def _run(self, images: Sequence[DecodedImage]):
         """Forward ``images`` in chunks; outputs come back as float32 on the CPU."""
         outs = []
         for start in range(0, len(images), _CHUNK):
-            x = self._inputs(images[start : start + _CHUNK])
-            with torch.inference_mode(), autocast(self.device, dtype=torch.float16):
+            with self._clock("preprocess"):
+                x = self._inputs(images[start : start + _CHUNK])
+            with (
+                self._clock("forward"),
+                torch.inference_mode(),
+                autocast(self.device, dtype=torch.float16),
+                self.cpu_path.context(),
+            ):
                 out = self.model(x)
             outs.append(out)
         if isinstance(outs[0], tuple):
@@ -146,14 +188,17 @@ class _Predictor:
         ``postprocess(indices, images, outputs, checks)`` turns the batch outputs and the
         in-distribution checks into one dict per image.
         """
-        decoded = [self._decode(item) for item in items]
+        self.timings = {}
+        with self._clock("decode"):
+            decoded = [self._decode(item) for item in items]
         ok = [i for i, d in enumerate(decoded) if isinstance(d, DecodedImage)]
         results: list[dict | PredictionError] = list(decoded)  # images are replaced below
         if ok:
             images = [decoded[i] for i in ok]
             with captured_features(self.model) as features:
                 outputs = self._run(images)
-            answers = postprocess(ok, images, outputs, self._checks(features, len(images)))
+            with self._clock("postprocess"):
+                answers = postprocess(ok, images, outputs, self._checks(features, len(images)))
             for i, result in zip(ok, answers, strict=True):
                 results[i] = result
         return results
@@ -196,6 +241,9 @@ class Synthesis8Predictor(_Predictor):
             float(cal.get("grey_low", NO_GREY_ZONE[0])),
             float(cal.get("grey_high", NO_GREY_ZONE[1])),
         )
+
+    def _agreement(self):
+        return fastpath.top1_agreement, fastpath.MIN_TOP1_AGREEMENT, fastpath.CHECK_IMAGES
 
     def predict(
         self, items: Sequence[Item], previews: Sequence[bool] | None = None
@@ -288,6 +336,10 @@ class DensityPredictor(_Predictor):
         self.defaults = DensityParams(
             threshold=float(cal["box_threshold"]), min_area=int(cal["min_area"])
         )
+
+    def _agreement(self):
+        score = fastpath.box_agreement(self.defaults.threshold, self.defaults.min_area)
+        return score, fastpath.MIN_BOX_IOU, fastpath.BOX_CHECK_IMAGES
 
     @property
     def max_area(self) -> int:
