@@ -112,11 +112,11 @@ def soak(stack, seconds: float, threads: int = 4) -> tuple[list[Answer], float]:
 
 
 def test_short_soak_has_no_errors_and_flat_memory(stack):
-    soak(stack, 5)  # warm the allocator before measuring
-    answers, growth = soak(stack, 30)
+    soak(stack, 3)  # warm the allocator before measuring
+    answers, growth = soak(stack, 20)
     latencies = sorted(a.seconds for a in answers)
     p99 = latencies[int(0.99 * (len(latencies) - 1))]
-    print(f"soak: {len(answers)} requests in 30 s, p99 {p99 * 1000:.0f} ms, RSS {growth:+.1f}%")
+    print(f"soak: {len(answers)} requests in 20 s, p99 {p99 * 1000:.0f} ms, RSS {growth:+.1f}%")
     assert answers  # each one checked by soak(): 200 and the right answer
     assert growth < 5.0
 
@@ -169,21 +169,6 @@ def test_hung_inference_past_response_timeout_is_answered_and_the_worker_recover
         time.sleep(0.5)
     (new,) = workers(hanging_stack.management_url, models=models)["synthesis8"]
     assert new[2] != old[2]  # TorchServe replaced the hung worker process
-
-
-def test_production_start_waits_with_the_token_and_nginx_passes_it(token_stack):
-    """``deploy start`` with config.production.properties returned, so /ping through nginx
-    answered 200 with the inference key (without it TorchServe refuses /ping too)."""
-    base, key = token_stack.base_url, token_stack.stack.keys()["inference"]
-    auth = {"Authorization": f"Bearer {key}"}
-    assert send(base, Probe("ping", "/ping", method="GET", headers=auth)).status == 200
-    refused = send(base, Probe("ping", "/ping", method="GET"))
-    assert 400 <= refused.status < 500 and refused.content_type.startswith("application/json")
-    image = valid_request(0)  # synthesis8
-    without = send(base, image)
-    assert 400 <= without.status < 500 and without.json()
-    image.headers.update(auth)
-    check_valid(image, send(base, image))
 
 
 def test_20000_parts_get_a_short_json_400_not_a_dropped_connection(stack):

@@ -387,3 +387,18 @@ def test_the_page_and_the_cli_send_the_token_through_nginx(token_stack, browser,
     page.locator("#synthesis").wait_for(state="visible")  # (this stack has no localizer)
     assert page.locator("#verdict-badge").text_content() == "Uncertain"
     page.close()
+
+
+def test_production_start_waits_with_the_token_and_nginx_passes_it(token_stack):
+    """Issue #11: ``deploy start`` with config.production.properties returned, so /ping through
+    nginx answered 200 with the inference key (TorchServe refuses /ping without it too)."""
+    base, key = token_stack.base_url, token_stack.stack.keys()["inference"]
+    auth = {"Authorization": f"Bearer {key}"}
+    assert requests.get(f"{base}/ping", headers=auth, timeout=10).status_code == 200
+    assert _refused(requests.get(f"{base}/ping", timeout=10))
+    files = {"image": ("scan.png", png(rect_image()))}
+    refused = requests.post(f"{base}/detect/synthesis8", files=files, timeout=60)
+    assert _refused(refused) and refused.headers["Content-Type"] == "application/json"
+    r = requests.post(f"{base}/detect/synthesis8", files=files, headers=auth, timeout=60)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
+    check_synthesis8(r.json())
