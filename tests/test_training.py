@@ -249,7 +249,8 @@ def test_localizer_learns_on_the_small_set(trained_artifacts, quick_floors):
     val, _ = open_dataset(artifact, trained_artifacts["data"], "val")
     val_pred = predict_localizer(artifact.model, val, torch.device("cpu"))
     # ood_threshold is fitted on features, not on the maps
-    assert calibrate_localizer(val_pred, 20)[0] == {
+    limit = artifact.training["config"]["max_false_alarm"]
+    assert calibrate_localizer(val_pred, 20, max_false_alarm=limit)[0] == {
         k: v for k, v in cal.items() if k != "ood_threshold"
     }
     dataset, _ = open_dataset(artifact, trained_artifacts["data"], "test")

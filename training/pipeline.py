@@ -198,9 +198,11 @@ def run_pipeline(
     start_all = time.monotonic()
     if needs_build(data, real_dir):
         from medfakedet.data.builder import build_datasets
+        from medfakedet.data.inpaint import INPAINT_FRACTIONS, REAL_INPAINT_FRACTIONS
 
         start = time.monotonic()
-        build_datasets(data, real_dir=real_dir, progress=show_progress)
+        shares = INPAINT_FRACTIONS if real_dir is None else REAL_INPAINT_FRACTIONS
+        build_datasets(data, real_dir=real_dir, inpaint_fractions=shares, progress=show_progress)
         stages["build data"] = time.monotonic() - start
     else:  # reused: report the time of the build that made it
         stages["build data"] = None

@@ -91,6 +91,12 @@ def served_findings(
     return [detect_regions(d, box_threshold, min_area, presence_threshold) for d in densities]
 
 
+def false_alarm_rate(present: np.ndarray, findings: Sequence[Findings]) -> float | None:
+    """Share of the untouched images called manipulated; None when there is none."""
+    untouched = [f.manipulated for f, p in zip(findings, present, strict=True) if not p]
+    return float(np.mean(untouched)) if untouched else None
+
+
 def compute_localizer_metrics(
     pred: LocalizerPredictions,
     presence_threshold: float,
@@ -108,6 +114,7 @@ def compute_localizer_metrics(
     scores = np.array([f.presence_score for f in findings])
     presence = binary_metrics(pred.present, [f.manipulated for f in findings])
     presence.update(ranking_metrics(pred.present, scores))
+    presence["false_alarm"] = false_alarm_rate(pred.present, findings)
     boxes = [f.boxes for f in findings]
     box_metrics = {
         f"iou_{iou:g}": box_detection_metrics(boxes, pred.gt_boxes, iou) for iou in BOX_IOUS
@@ -180,6 +187,7 @@ def headline(task: str, metrics: dict[str, Any]) -> dict[str, float | None]:
             "ece_after": metrics["calibration"]["ece_after"],
         }
     return {
+        "false_alarm": metrics["presence"].get("false_alarm"),
         "presence_f1": metrics["presence"]["f1"],
         "presence_accuracy": metrics["presence"]["accuracy"],
         "box_f1@0.5": metrics["boxes"]["iou_0.5"]["f1"],

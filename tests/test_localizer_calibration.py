@@ -1,0 +1,62 @@
+"""The localizer's presence calibration under a false-alarm limit on untouched images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medfakedet.density import Box
+from training.calibration import calibrate_localizer, false_alarm_limited_thresholds
+from training.inference import LocalizerPredictions
+from training.task_metrics import compute_localizer_metrics
+
+
+def block_maps() -> LocalizerPredictions:
+    """20 untouched 16x16 maps, each with a 4x4 block at 0.305, 0.325, ..., 0.685; 10
+    manipulated ones with a block at 0.9 and 15 with a block at 0.505, each block exactly on
+    its image's one ground-truth box."""
+    peaks = [0.305 + 0.02 * i for i in range(20)] + [0.9] * 10 + [0.505] * 15
+    density = np.zeros((len(peaks), 16, 16), dtype=np.float32)
+    for i, p in enumerate(peaks):
+        density[i, 4:8, 4:8] = p
+    present = np.arange(len(peaks)) >= 20
+    gt_mask = (density > 0) & present[:, None, None]
+    return LocalizerPredictions(
+        density=density,
+        mask_pred=gt_mask.copy(),
+        gt_mask=gt_mask,
+        gt_boxes=[[Box(4, 4, 8, 8)] if p else [] for p in present],
+        present=present,
+        ids=[f"i{k}" for k in range(len(peaks))],
+    )
+
+
+def test_allowed_presence_thresholds():
+    peaks = [0.305 + 0.02 * i for i in range(20)]
+    # At most 2 of 20 flagged: above the third highest (0.645).
+    assert false_alarm_limited_thresholds(peaks, 0.1)[0] == pytest.approx(0.65)
+    assert false_alarm_limited_thresholds(peaks, 0.0)[0] == pytest.approx(0.69)
+    assert false_alarm_limited_thresholds(peaks, 0.0)[-1] == 1.0
+    with pytest.raises(ValueError, match="untouched images and 0 <= max_false_alarm < 1"):
+        false_alarm_limited_thresholds([], 0.1)
+
+
+def test_best_f1_flags_half_the_untouched_images_and_the_limit_does_not():
+    pred = block_maps()
+    # Best presence F1 (the paper): 25 of 25 manipulated and 10 of 20 untouched flagged
+    # (0.49 and 0.50 tie; the lower middle of the run).
+    paper, _ = calibrate_localizer(pred, 1)
+    assert paper["presence_threshold"] == pytest.approx(0.49)
+    m = compute_localizer_metrics(pred, **paper)
+    assert m["presence"]["false_alarm"] == 0.5
+    # Limit 10%: presence thresholds from 0.65 (2 of 20 untouched flagged); the best box F1
+    # there keeps the 10 boxes at 0.9 and drops the untouched blocks (box threshold above
+    # 0.685): P 1, R 10/25, F1 20/35, at the lowest allowed presence threshold and the middle
+    # of the box thresholds 0.69..0.90.
+    limited, f1 = calibrate_localizer(pred, 1, max_false_alarm=0.1)
+    assert limited == {"presence_threshold": 0.65, "box_threshold": 0.79, "min_area": 1}
+    assert f1 == pytest.approx(20 / 35)
+    m = compute_localizer_metrics(pred, **limited)
+    assert m["presence"]["false_alarm"] == pytest.approx(0.1)
+    assert m["boxes"]["iou_0.5"]["f1"] == pytest.approx(20 / 35)
+    assert m["boxes"]["iou_0.5"]["fp"] == 0
