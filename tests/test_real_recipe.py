@@ -72,6 +72,12 @@ def test_data_is_rebuilt_only_for_another_real_folder(tmp_path: Path) -> None:
     assert not needs_build(foreign, None)
     with pytest.raises(ValueError, match="not built from"):
         needs_build(foreign, real)
+    # A real build split as the paper (85/10/5: 20 untouched test slices) is rebuilt 70/15/15.
+    for shares, rebuild in (([0.85, 0.1, 0.05], True), ([0.7, 0.15, 0.15], False)):
+        build = json.loads((from_real / "build.json").read_text())
+        build["args"]["inpaint_fractions"] = shares
+        (from_real / "build.json").write_text(json.dumps(build))
+        assert needs_build(from_real, real) is rebuild
 
 
 def test_pipeline_cli_refuses_bad_options_before_building(

@@ -48,12 +48,14 @@ def has_data(data: Path) -> bool:
 
 
 def needs_build(data: Path, real_dir: Path | None) -> bool:
-    """True when ``data`` holds no dataset, or a build of another real folder than
-    ``real_dir`` (a dataset not made by the builder is never replaced)."""
+    """True when ``data`` holds no dataset, a build of another real folder than ``real_dir``, or
+    a real build split otherwise than REAL_INPAINT_FRACTIONS (a dataset not made by the builder
+    is never replaced)."""
     if not has_data(data):
         return True
     try:
-        built_from = json.loads((data / "build.json").read_text())["args"].get("real_dir")
+        args = json.loads((data / "build.json").read_text())["args"]
+        built_from, shares = args.get("real_dir"), args.get("inpaint_fractions")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         if real_dir is None:
             return False
@@ -64,7 +66,12 @@ def needs_build(data: Path, real_dir: Path | None) -> bool:
         built_from is not None and real_dir is not None
         and Path(built_from).resolve() == real_dir.resolve()
     )  # fmt: skip
-    return not same
+    # A real build of before REAL_INPAINT_FRACTIONS (20 untouched test slices) is rebuilt.
+    from medfakedet.data.inpaint import REAL_INPAINT_FRACTIONS
+
+    old_split = real_dir is not None and shares is not None
+    old_split = old_split and not np.allclose(shares, REAL_INPAINT_FRACTIONS)
+    return not same or old_split
 
 
 def trainer_configs(config: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
