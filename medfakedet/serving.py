@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+from medfakedet import serving_metrics
 from medfakedet.decoding import SERVING_LIMITS
 from medfakedet.predictors import package_dirs
 from medfakedet.requests import responses
@@ -45,25 +46,40 @@ class PredictorHandler:
         props = context.system_properties
         device = select_device(props.get("gpu_id"))
         self.predictor = self.predictor_class.from_artifact(
-            props["model_dir"], device, limits=SERVING_LIMITS
+            props["model_dir"], device, limits=SERVING_LIMITS, cpu_path=cpu_path_setting(context)
         )
         self.predictor.warmup()  # the worker is READY only once it can answer
         logger.info(
-            "%s ready: version=%s device=%s medfakedet_dirs=%s",
+            "%s ready: version=%s device=%s runtime=%s medfakedet_dirs=%s",
             self.predictor.task,
             self.predictor.model_version,
             device,
+            json.dumps(self.predictor.runtime),
             package_dirs(),
         )
+
+    def describe(self) -> dict:
+        """The model's metadata (``GET /models/<name>?customized=true`` on the management API):
+        version, weights' sha256 and how it runs (device, CPU path and why)."""
+        p = self.predictor
+        return {
+            "task": p.task,
+            "version": p.model_version,
+            "model_sha256": p.artifact.weights_sha256,
+            "runtime": p.runtime,
+        }
 
     def answer(self, data: list, context: Any) -> tuple[list, dict[str, int]]:
         """One result (dict or PredictionError) per request row, and counts to log."""
         raise NotImplementedError
 
     def handle(self, data: list, context: Any) -> list[bytes]:
+        if _is_describe(context):
+            return [strict_json(self.describe())]
         start = time.perf_counter()
         _test_hang(data)
         results, counts = self._answer_each(data, context)
+        serving_metrics.record(context, len(data), self.predictor.timings)
         extra = "".join(f" {k}={v}" for k, v in counts.items())
         logger.info(
             "%s batch_size=%d%s ms=%.1f",
@@ -98,6 +114,23 @@ class PredictorHandler:
                 result = PredictionError(500, "internal error while answering this request")
             results.append(result)
         return results, {"isolated": len(data)}
+
+
+def _is_describe(context: Any) -> bool:
+    """TorchServe's describe call (``GET /models/<name>?customized=true``): header ``describe``
+    of request 0 is ``"True"``."""
+    try:
+        return context.get_request_header(0, "describe") == "True"
+    except (IndexError, KeyError):  # a batch without headers (a context made by hand)
+        return False
+
+
+def cpu_path_setting(context: Any) -> str:
+    """``handler: cpu_path:`` of the archive's model-config.yaml (the shipped ones say ``auto``:
+    measured at load; an archive without it runs fp32; ``MEDFAKEDET_CPU_PATH`` overrides both,
+    see :mod:`medfakedet.fastpath`)."""
+    config = getattr(context, "model_yaml_config", None) or {}
+    return str((config.get("handler") or {}).get("cpu_path") or "fp32")
 
 
 def _test_hang(data: list) -> None:
