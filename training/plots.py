@@ -156,3 +156,29 @@ def plot_localizer_examples(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_verdict_shares(verdicts: dict[str, dict[str, Any]], path: Path) -> None:
+    """Per condition: the shares of the real images answered fake and uncertain, and of the
+    fakes answered fake (synthesis8's served verdicts, :mod:`training.verdicts`)."""
+    plt = _pyplot()
+    names = list(verdicts)
+    series = (
+        ("real answered fake", "real_answered_fake", "tab:red"),
+        ("real answered uncertain", "real_uncertain", "tab:gray"),
+        ("fakes answered fake", "fake_answered_fake", "tab:blue"),
+    )
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for k, (label, key, color) in enumerate(series):
+        values = [verdicts[n][key] or 0.0 for n in names]
+        ax.bar(x + (k - 1) * 0.27, values, 0.27, label=label, color=color)
+    ax.axhline(0.02, color="tab:red", ls=":", lw=1, label="false-fake target (clean)")
+    ax.axhline(0.95, color="tab:blue", ls=":", lw=1, label="fake recall target")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

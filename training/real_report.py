@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from training.plots import plot_verdict_shares
 from training.report import format_value, markdown_table
 
 #: The re-encodings of the acceptance table (JPEG -> PNG is lossless: the clean row).
@@ -65,11 +66,10 @@ def acceptance(summary: dict[str, Any]) -> list[list[Any]]:
             "synthesis8: fakes answered fake", cond, v["fake_answered_fake"], MIN_FAKE_RECALL, False
         )
     default = summary.get("default_on_real")
-    if default:
-        add(
-            "phantom-trained default: real scans answered uncertain", "clean",
-            default["all"]["answered uncertain"], MIN_DEFAULT_UNCERTAIN, False,
-        )  # fmt: skip
+    add(
+        "phantom-trained default: real scans answered uncertain", "clean",
+        default["all"]["answered uncertain"] if default else None, MIN_DEFAULT_UNCERTAIN, False,
+    )  # fmt: skip
     loc = summary.get("verdicts", {}).get("manipulation_density", {})
     for cond in ("clean", "jpeg_q75"):
         if cond in loc:
@@ -172,9 +172,9 @@ def _reused(seconds: float | None) -> str:
     return "reused" if seconds is None else f"reused (made in {seconds:.1f})"
 
 
-def render(summary: dict[str, Any], links: str = "") -> str:
-    """The Markdown of the real-scans report."""
-    m = summary["machine"]
+def render(summary: dict[str, Any], links: str = "", figure: str = "") -> str:
+    """The Markdown of the real-scans report (``figure``: the verdict plot's relative path)."""
+    m, rows = summary["machine"], acceptance(summary)
     device = m["device"] + (f", {m['gpu']}" if "gpu" in m else "")
     lines = [
         "# Real scans: verdicts of `make train-real` (issue #10)",
@@ -198,9 +198,10 @@ def render(summary: dict[str, Any], links: str = "") -> str:
         "",
         "## Acceptance",
         "",
-        markdown_table(
-            ["target", "condition", "measured", "target", "result"], acceptance(summary)
-        ),
+        markdown_table(["target", "condition", "measured", "target", "result"], rows),
+        "",
+        f"{sum(r[4] == 'met' for r in rows)} of {len(rows)} targets met; the others are missed "
+        "(or not measured), with the number, above.",
         "",
     ]
     s8 = summary.get("verdicts", {}).get("synthesis8")
@@ -212,6 +213,8 @@ def render(summary: dict[str, Any], links: str = "") -> str:
             "(the paper's `is_fake`) before abstention. JPEG -> PNG is lossless (the clean row).",
             "",
             _synthesis8_table(s8),
+            "",
+            f"![verdict shares per condition]({figure})" if figure else "",
             "",
             "Clean, per organ:",
             "",
@@ -234,7 +237,17 @@ def render(summary: dict[str, Any], links: str = "") -> str:
             *_external_tables(external),
         ]
     default = summary.get("default_on_real")
-    if default:
+    if not default:
+        lines += [
+            "## The phantom-trained default on the real scans",
+            "",
+            "Not measured in this run: no phantom-trained default in `artifacts/synthesis8` "
+            "(`make train` makes it; `make train-real` then checks it on the real folder). "
+            "tests/test_ood.py checks the phantom-trained quick models on every third real-dev "
+            "scan (at least 90% uncertain).",
+            "",
+        ]
+    else:
         row = default["all"]
         lines += [
             "## The phantom-trained default on the real scans",
@@ -262,8 +275,14 @@ def write_real_report(summary: dict[str, Any], path: Path, reports: Path) -> Pat
         rel = reports.resolve()
     links = (
         f"Full reports: [synthesis8]({rel}/synthesis8/report.md), "
-        f"[localizer]({rel}/manipulation_density/report.md), [metrics]({rel}/metrics.json)."
+        f"[localizer]({rel}/manipulation_density/report.md), [all numbers]({rel}/summary.json)."
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(summary, links))
+    figure = ""
+    s8 = summary.get("verdicts", {}).get("synthesis8")
+    if s8:
+        reports.mkdir(parents=True, exist_ok=True)
+        plot_verdict_shares(s8, reports / "verdicts.png")
+        figure = f"{rel}/verdicts.png"
+    path.write_text(render(summary, links, figure))
     return path
