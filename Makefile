@@ -29,7 +29,7 @@ IMAGE_VERSION ?= 0.1.0
 VARIANT ?= cpu
 
 .PHONY: help setup test test-fast lint format data train train-real evaluate report archive serve stop \
-        restart status ablation bench loadtest clean image image-lock
+        restart status ablation bench performance loadtest clean image image-lock
 
 help:
 	@echo "make serve   - set up, build data + train if no models exist, archive, start TorchServe + nginx"
@@ -132,6 +132,11 @@ status: setup
 
 bench: setup
 	$(PY) -m loadtests.benchmark
+
+# Issue #12's one-run benchmark: starts its own stacks (batching on and off) and a peer, writes
+# docs/PERFORMANCE.md (~10 min on 2 cores; PERFORMANCE_ARGS=--quick for ~2 min).
+performance: setup
+	$(PY) -m loadtests.bench $(PERFORMANCE_ARGS)
 
 # Locust against LOADTEST_URL (any base URL: make serve's nginx, a cluster's ingress); the shape
 # (ramp to MEDFAKEDET_USERS over MEDFAKEDET_RAMP_S, hold MEDFAKEDET_HOLD_S) is in the locustfile.

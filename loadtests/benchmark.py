@@ -97,9 +97,11 @@ def bench_server(
     concurrency: int,
     timeout: float = 120.0,
     token: str | None = None,
+    route: str = "detect",
 ) -> Row:
     """``n_requests`` uploads from ``concurrency`` threads, each with its own HTTP session; the
-    localizer runs with its calibrated parameters (no form fields)."""
+    localizer runs with its calibrated parameters (no form fields). ``route``: ``detect`` (nginx)
+    or ``predictions`` (TorchServe's own inference API)."""
     import requests
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -114,7 +116,7 @@ def bench_server(
         start = time.perf_counter()
         try:
             r = session.post(
-                f"{url}/detect/{endpoint}",
+                f"{url}/{route}/{endpoint}",
                 files={"image": (image.name, image.data, image.content_type)},
                 headers=headers,
                 timeout=timeout,

@@ -148,7 +148,9 @@ def check_inputs(cfg: PreprocessConfig, n: int, seed: int = 0) -> torch.Tensor:
     return ((images - mean) / std).contiguous()
 
 
-def _forward(model: nn.Module, path: CpuPath, x: torch.Tensor, batch: int = 32):
+def outputs(model: nn.Module, path: CpuPath, x: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """The float32 outputs of ``model`` on ``x`` run on ``path`` (the localizer's: its density
+    map), ``batch`` images per forward."""
     outs = []
     with torch.inference_mode(), path.context():
         for start in range(0, len(x), batch):
@@ -188,7 +190,7 @@ def _time(model: nn.Module, path: CpuPath, x: torch.Tensor) -> float:
     times = []
     for _ in range(TIMING_REPEATS + 1):
         start = time.perf_counter()
-        _forward(model, path, x, batch=len(x))
+        outputs(model, path, x, batch=len(x))
         times.append((time.perf_counter() - start) * 1000)
     return float(np.median(times[1:]))
 
@@ -221,13 +223,13 @@ def choose(
 def _measure(model, x: torch.Tensor, agree, minimum, paths: list[CpuPath]) -> PathChoice:
     fp32 = PATHS["fp32"]
     fp32.prepare(model)
-    reference = _forward(model, fp32, x)
+    reference = outputs(model, fp32, x)
     timed = x[:TIMING_BATCH]
     choice = PathChoice(fp32, "")
     for path in paths:
         path.prepare(model)
         if path.name != "fp32":
-            score = agree(reference, _forward(model, path, x))
+            score = agree(reference, outputs(model, path, x))
             choice.agreement[path.name] = score
             if not score >= minimum:
                 choice.rejected[path.name] = f"agreement {score:.4f} < {minimum}"

@@ -102,12 +102,12 @@ class _Predictor:
         against fp32 with this task's agreement score. No-op on a GPU."""
         if self.on_gpu:
             return
-        agree, minimum, images = self._agreement()
+        agree, minimum, images = self.agreement_check()
         choice = fastpath.choose(self.model, self.cfg, agree, minimum, setting, images=images)
         self.cpu_path = choice.path
         self.runtime = {"device": str(self.device), **choice.as_dict()}
 
-    def _agreement(self):
+    def agreement_check(self):
         """(score(fp32_outputs, candidate_outputs), minimum score, images) of the path check."""
         raise NotImplementedError
 
@@ -242,7 +242,7 @@ class Synthesis8Predictor(_Predictor):
             float(cal.get("grey_high", NO_GREY_ZONE[1])),
         )
 
-    def _agreement(self):
+    def agreement_check(self):
         return fastpath.top1_agreement, fastpath.MIN_TOP1_AGREEMENT, fastpath.CHECK_IMAGES
 
     def predict(
@@ -337,7 +337,7 @@ class DensityPredictor(_Predictor):
             threshold=float(cal["box_threshold"]), min_area=int(cal["min_area"])
         )
 
-    def _agreement(self):
+    def agreement_check(self):
         score = fastpath.box_agreement(self.defaults.threshold, self.defaults.min_area)
         return score, fastpath.MIN_BOX_IOU, fastpath.BOX_CHECK_IMAGES
 
