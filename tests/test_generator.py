@@ -159,9 +159,10 @@ def test_gan_fakes_are_less_separable_by_blur_and_noise(tmp_path: Path) -> None:
         )
         y = np.array([0] * len(real_x) + [1] * len(fake_x))
         aucs[name] = cv_auc(np.concatenate([real_x, fake_x]), y)
-    # Measured: upsample 0.967, GAN 0.878.
+    # Measured: upsample 0.967, GAN 0.896 (the builder's real-dev build, GAN at its CPU step
+    # cap, 200 per organ: mean 0.991 vs 0.88; see `python -m medfakedet.data separability`).
     assert aucs["upsample"] > 0.93, aucs
-    assert aucs["gan"] < 0.92 and aucs["gan"] < aucs["upsample"] - 0.05, aucs
+    assert aucs["gan"] < 0.93 and aucs["gan"] < aucs["upsample"] - 0.04, aucs
 
 
 def test_builder_records_the_mix_and_refuses_bad_fake_options(tmp_path: Path) -> None:

@@ -1,18 +1,24 @@
-"""A small GAN trained on one organ's reals: unconditional fakes at the output size.
+"""A small GAN trained on one organ's reals: fakes at the output size with the reals' detail.
 
-``gan``: a DCGAN-style generator (nearest-neighbour upsampling + 3x3 convs, an exponential moving
-average of its weights is what samples) against a spectral-norm discriminator with the hinge
-loss. Each organ has only a few hundred reals, so the discriminator sees both reals and fakes
-through the same differentiable augmentations (DiffAugment: brightness, contrast, translation,
-cutout) and cannot memorise the training set.
+``gan``: an adversarially trained autoencoder (as in VQGAN-style image models, without the
+quantiser). An encoder maps an image to a latent map (1/4 of its side), a generator (nearest
+upsampling + 3x3 convs) decodes it; both learn to reconstruct the reals (cross-entropy) and to
+fool a spectral-norm patch discriminator (hinge loss) with their reconstructions and with
+decodes of *new* latents, mixed between two reals' codes plus noise. Each organ has only a few
+hundred reals, so the discriminator sees reals and fakes through the same differentiable
+augmentations (DiffAugment: brightness, contrast, translation, cutout). A sample decodes a new
+mix of two reals' codes: its layout follows the first ("source") real, not a copy of it.
 
-On the CPU the generator works at 64 px (a bounded step cap; see :data:`CPU_STEPS`); on a CUDA
-device at the output size with many more steps (:data:`GPU_STEPS`). Fakes are then given the
-reals' fine detail so that blur or noise level alone does not tell them apart
-(:class:`DetailMatch`: per radial frequency, the power the fakes lack relative to the reals is
-added as random-phase texture, scaled per pixel by how much high-frequency detail the reals
-carry at that brightness), and finally histogram-matched to a random real (reported as the
-fake's source, so a builder keeps the fake in that real's split).
+On the CPU the model works at 64 px within a step cap (:data:`CPU_STEPS`; a build's time budget
+can stop it earlier); on a CUDA device at the output size with many more steps
+(:data:`GPU_STEPS`). Decoded samples are then given a reference real's intensity and spectrum
+(:class:`DetailMatch`): histogram-matched to their source real, a phase-preserving gain per
+radial frequency brings their power spectrum to the real's (edges get as sharp as the real's),
+the fine-detail power still missing is added as random-phase texture that follows edges and
+brightness as the reals' detail does, and a last histogram match restores the real's intensity
+distribution. So neither blur nor noise level gives the fakes away
+(:mod:`.separability` measures it), and the fake reports the source real so that a builder
+keeps both in one split.
 
 Determinism: as for the other approaches (see :mod:`.fakes`): on the CPU, with the step cap
 ending training, the fakes are a function of the seeds. CUDA training is not bit-reproducible.
@@ -217,16 +223,17 @@ class GANSynthesizer(FittedBase):
         max_steps: int | None = None,
         device: str = "cpu",
         gen_size: int | None = None,
-        batch: int = 8,
+        batch: int | None = None,
         lr: float = 2e-3,
         adv_weight: float = 0.05,
-        depth: int = 3,
+        depth: int = 2,
     ):
         super().__init__()
         self.device = select_device(device)
         cuda = self.device.type == "cuda"
         self.max_steps = max_steps if max_steps is not None else GPU_STEPS if cuda else CPU_STEPS
-        self.gen_size, self.batch, self.lr, self.adv_weight = gen_size, batch, lr, adv_weight
+        self.batch = batch if batch is not None else 32 if cuda else 8
+        self.gen_size, self.lr, self.adv_weight = gen_size, lr, adv_weight
         self.depth = depth  # the latent map is 1 / 2**depth of the working side
         self.generator: Generator | None = None
         self.detail: DetailMatch | None = None
