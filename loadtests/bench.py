@@ -16,8 +16,9 @@ there, else a procedural brain slice):
 4. a peer: one Flask process with the model cached, no batching (``loadtests/peer.py``);
 
 then the issue's target ratios, each marked met or missed. ``--artifacts DIR`` holds
-``synthesis8/`` and ``manipulation_density/``; without it, seeded untrained models of the same
-architectures are used (speed does not depend on the weights; the agreement figures do).
+``synthesis8/`` and ``manipulation_density/`` (default: ``artifacts-real/``, else
+``artifacts/``); without any, seeded untrained models of the same architectures are used (speed
+does not depend on the weights; the agreement figures do).
 ``--nginx-url``/``--torchserve-url``/``--management-url`` use a running stack instead of starting
 one (then there are no batching-off rows).
 """
@@ -100,6 +101,15 @@ def untrained_artifacts(root: Path) -> Path:
     return root
 
 
+def trained_artifacts() -> Path | None:
+    """The first of artifacts-real/ (``make train-real``) and artifacts/ (``make train``) that
+    holds both models."""
+    for folder in (REPO / "artifacts-real", REPO / "artifacts"):
+        if all((folder / t / "artifact.json").is_file() for t in MODELS):
+            return folder
+    return None
+
+
 # --------------------------------------------------------------------------- raw and in process
 def _rate(fn, n_images: int, seconds: float) -> float:
     """Images per second of ``fn()`` (which handles ``n_images``), after one warm-up call."""
@@ -126,7 +136,7 @@ def raw_rows(artifacts: Path, plan: Plan) -> list[dict]:
         agree, minimum, images = predictor.agreement_check()
         check = fastpath.check_inputs(cfg, 32 if plan.quick else images)
         reference = fastpath.outputs(model, fastpath.PATHS["fp32"], check)
-        batches = plan.batches if task == "synthesis8" else plan.batches[:1] + (8,)
+        batches = plan.batches if task == "synthesis8" else (8,) if plan.quick else (1, 8)
         for path in tqdm(fastpath.candidates(), desc=f"raw {task}", leave=False):
             path.prepare(model)
             score = agree(reference, fastpath.outputs(model, path, check))
@@ -249,7 +259,8 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="medfakedet-bench-") as tmp:
         work = Path(tmp)
-        artifacts = args.artifacts or untrained_artifacts(work / "artifacts")
+        found = args.artifacts or trained_artifacts()
+        artifacts = found or untrained_artifacts(work / "artifacts")
         served, runtime = [], {}
         if args.nginx_url or args.torchserve_url:
             urls = {k: u for k, u in (("nginx", args.nginx_url),
@@ -267,13 +278,14 @@ def run(args: argparse.Namespace) -> dict:
             "machine": machine_info(),
             "quick": plan.quick,
             "image": {"name": image.name, "bytes": len(image.data)},
-            "artifacts": str(args.artifacts) if args.artifacts else "untrained (seeded)",
+            "artifacts": str(found) if found else "untrained (seeded)",
             "served_runtime": runtime,
             "raw": raw_rows(artifacts, plan),
             "in_process": in_process_rows(artifacts, image, paths, plan),
             "served": served,
         }
     doc["wall_s"] = round(time.perf_counter() - started, 1)
+    doc["note"] = args.note
     return doc
 
 
@@ -285,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--artifacts", type=Path, help="folder with synthesis8/, manipulation_density/")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "PERFORMANCE.md")
     p.add_argument("--json", type=Path, help="also write every measured row here")
+    p.add_argument("--note", default="", help="a caveat printed under the title")
     p.add_argument("--nginx-url", help="measure this running nginx instead of starting stacks")
     p.add_argument("--torchserve-url", help="... and this running TorchServe inference API")
     p.add_argument("--management-url", help="... whose management API tells the CPU paths")

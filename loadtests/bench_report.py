@@ -85,6 +85,7 @@ def write_report(doc: dict, out: Path) -> None:
         + "` in one run "
         f"({doc['wall_s']} s); rerun it to refresh this file. Issue #12.",
         "",
+        *([f"**Note:** {doc['note']}", ""] if doc.get("note") else []),
         "## Machine",
         "",
         *_table([machine], list(machine)),
