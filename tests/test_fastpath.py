@@ -110,15 +110,14 @@ def test_forced_path_by_env_and_setting_shows_in_metadata(s8_dir, monkeypatch): 
         Synthesis8Predictor.from_artifact(s8_dir)
 
 
-def test_auto_path_predicts_like_fp32(s8_dir, density_dir):  # noqa: F811
-    ramp = np.linspace(0, 1, 96 * 96, dtype=np.float32).reshape(96, 96)
-    image = encode_png(ramp)
-    for cls, folder in ((Synthesis8Predictor, s8_dir), (DensityPredictor, density_dir)):
-        auto = cls.from_artifact(folder, cpu_path="auto")
-        plain = cls.from_artifact(folder, cpu_path="fp32")
-        assert auto.runtime["reason"].startswith("measured")
-        assert "fp32" in auto.runtime["timings_ms"]
-        a, b = auto.predict([image])[0], plain.predict([image])[0]
-        key = "organ" if cls is Synthesis8Predictor else "boxes"
-        assert a[key] == b[key] or cls is DensityPredictor and len(a[key]) == len(b[key])
-        assert set(auto.timings) == {"decode", "preprocess", "forward", "postprocess"}
+def test_auto_path_finds_the_same_boxes_as_fp32(density_dir):  # noqa: F811
+    """(synthesis8's auto path is checked on the served model: tests/integration/test_perf_*.)"""
+    image = np.zeros((128, 128), np.float32)
+    image[30:70, 40:90] = 0.9
+    auto = DensityPredictor.from_artifact(density_dir, cpu_path="auto")
+    plain = DensityPredictor.from_artifact(density_dir, cpu_path="fp32")
+    assert auto.runtime["reason"].startswith("measured") and "fp32" in auto.runtime["timings_ms"]
+    a, b = auto.predict([encode_png(image)])[0], plain.predict([encode_png(image)])[0]
+    assert a["count"] == b["count"] == 1
+    assert a["boxes"][0]["x1"] == pytest.approx(b["boxes"][0]["x1"], abs=2)
+    assert set(auto.timings) == {"decode", "preprocess", "forward", "postprocess"}
