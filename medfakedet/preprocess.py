@@ -117,23 +117,35 @@ def normalize(t: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
     return (t - mean) / std
 
 
+def _sized(t: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """Channels and size, before normalising. A gray image for a 3-channel model is resized once
+    and then copied (the same values as resizing three equal channels, a third of the work)."""
+    if t.shape[0] == 1 and cfg.channels == 3:
+        return to_channels(resize_tensor(t, cfg.size), 3)
+    return resize_tensor(to_channels(t, cfg.channels), cfg.size)
+
+
 def _tail(t: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
-    return normalize(resize_tensor(to_channels(t, cfg.channels), cfg.size), cfg)
+    return normalize(_sized(t, cfg), cfg)
+
+
+def _as_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return (pixels if isinstance(pixels, torch.Tensor) else to_tensor(pixels)).float()
 
 
 def eval_transform(pixels: np.ndarray | torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
     """The deterministic transform: image in [0, 1] -> normalised (C, size, size) tensor."""
-    t = pixels if isinstance(pixels, torch.Tensor) else to_tensor(pixels)
-    return _tail(t.float(), cfg)
+    return _tail(_as_tensor(pixels), cfg)
 
 
 def preprocess_batch(
     images: Sequence[np.ndarray | torch.Tensor], cfg: PreprocessConfig
 ) -> torch.Tensor:
-    """Stack ``eval_transform`` of each image into (N, C, size, size)."""
+    """Stack ``eval_transform`` of each image into (N, C, size, size) (normalised once, as a
+    batch)."""
     if not images:
         return torch.empty(0, cfg.channels, cfg.size, cfg.size)
-    return torch.stack([eval_transform(im, cfg) for im in images])
+    return normalize(torch.stack([_sized(_as_tensor(im), cfg) for im in images]), cfg)
 
 
 def train_transform(
