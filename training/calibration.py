@@ -167,16 +167,18 @@ def choose_limited_thresholds(
     if box_candidates is None:
         box_candidates = np.round(np.arange(0.05, 0.951, 0.01), 2)
     ungated = {t: served_boxes(pred.density, t, min_area, 0.0) for t in box_candidates}
+    cache: dict[tuple[float, int], float] = {}  # (box thr, boxes kept) -> F1: same kept set
+
+    def f1_at(t: float, pt: float) -> float:
+        kept = [[b for b in boxes if b.score >= pt] for boxes in ungated[t]]
+        key = (float(t), sum(len(k) for k in kept))
+        if key not in cache:
+            cache[key] = box_detection_metrics(kept, pred.gt_boxes, iou_threshold)["f1"]
+        return cache[key]
+
     best = (float(allowed[-1]), float(box_candidates[0]), -1.0)
     for pt in allowed:
-        f1s = [
-            box_detection_metrics(
-                [[b for b in boxes if b.score >= pt] for boxes in ungated[t]],
-                pred.gt_boxes,
-                iou_threshold,
-            )["f1"]
-            for t in box_candidates
-        ]
+        f1s = [f1_at(t, pt) for t in box_candidates]
         k = middle_of_best_run(f1s)
         if f1s[k] > best[2] + 1e-12:
             best = (float(pt), float(box_candidates[k]), float(f1s[k]))
