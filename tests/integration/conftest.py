@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import torch
 
 from medfakedet.artifacts import save_artifact
@@ -93,6 +94,21 @@ class ServingStack:
 
     def model_log(self) -> str:
         return (self.log_dir / "model_log.log").read_text(errors="replace")
+
+    def served_cpu_path(self, model: str) -> str:
+        """The CPU path the served ``model`` chose at load (model-config.yaml: auto), read from
+        its describe metadata: bf16 on a CPU with native bf16 moves probabilities by ~1e-3."""
+        r = requests.get(f"{self.management_url}/models/{model}?customized=true", timeout=60)
+        r.raise_for_status()
+        return r.json()[0]["customizedMetadata"]["runtime"]["cpu_path"]
+
+    def served_predictor(self, model: str = "synthesis8"):
+        """An in-process predictor of the served artifact on the served CPU path: the same
+        numbers as the stack, to compare served answers with."""
+        from medfakedet.predictors import DensityPredictor, Synthesis8Predictor
+
+        cls = Synthesis8Predictor if model == "synthesis8" else DensityPredictor
+        return cls.from_artifact(self.artifacts[model], cpu_path=self.served_cpu_path(model))
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,6 @@ from test_web import browser  # noqa: F401  (the fixture: one chromium for this 
 from medfakedet.cli import main
 from medfakedet.deploy import free_port
 from medfakedet.imaging import encode_png
-from medfakedet.predictors import Synthesis8Predictor
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +50,7 @@ def test_scan_posts_each_file_and_reports_the_served_results(stack, files, capsy
     )  # fmt: skip
     assert code == 2  # notes.png is not an image: an error row, and the run says so
     scan, notes = report["results"]
-    expected = Synthesis8Predictor.from_artifact(stack.artifacts["synthesis8"]).predict(
-        [files["scan"].read_bytes()]
-    )[0]
+    expected = stack.served_predictor("synthesis8").predict([files["scan"].read_bytes()])[0]
     assert (scan["status"], scan["class_name"]) == ("ok", expected["class_name"])
     assert scan["fake_probability"] == pytest.approx(expected["fake_probability"], abs=1e-4)
     assert scan["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-4)
@@ -84,9 +81,7 @@ def test_thr_and_min_area_travel_as_form_fields(stack, files, capsys):
 
 
 def test_table_shows_the_served_verdicts(stack, files, capsys):
-    expected = Synthesis8Predictor.from_artifact(stack.artifacts["synthesis8"]).predict(
-        [files["scan"].read_bytes()]
-    )[0]
+    expected = stack.served_predictor("synthesis8").predict([files["scan"].read_bytes()])[0]
     code = main(["scan", str(files["scan"]), "--server", stack.base_url, "--localize", "always"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0

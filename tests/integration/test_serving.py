@@ -19,7 +19,6 @@ from test_web import browser  # noqa: F401  (the chromium fixture, for the token
 
 from medfakedet.imaging import encode_png
 from medfakedet.labels import CLASS_NAMES, ORGANS
-from medfakedet.predictors import Synthesis8Predictor
 from medfakedet.schema import Synthesis8Result
 
 pytestmark = pytest.mark.integration
@@ -245,7 +244,7 @@ def test_32_concurrent_callers_are_batched_and_get_their_own_answers(stack):
     for (code, body), box in zip(located, boxes, strict=True):
         assert code == 200, body
         assert [box_tuple(b) for b in body["boxes"]] == [box]
-    local = Synthesis8Predictor.from_artifact(stack.artifacts["synthesis8"]).predict(images)
+    local = stack.served_predictor("synthesis8").predict(images)
     for (code, body), expected in zip(classified, local, strict=True):
         assert code == 200, body
         assert body["class_id"] == expected["class_id"]

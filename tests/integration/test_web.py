@@ -21,7 +21,6 @@ import requests
 from dicom_files import dicom_bytes
 from PIL import Image
 
-from medfakedet.predictors import DensityPredictor, Synthesis8Predictor
 from medfakedet.schema import DensityParams
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -66,8 +65,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def expected(stack, files) -> dict:
     """What the served models answer for these files, computed in-process."""
-    clf = Synthesis8Predictor.from_artifact(stack.artifacts["synthesis8"])
-    loc = DensityPredictor.from_artifact(stack.artifacts["manipulation_density"])
+    clf = stack.served_predictor("synthesis8")
+    loc = stack.served_predictor("manipulation_density")
     data = files["png"].read_bytes()
     (synthesis,) = clf.predict([data])
     (density,) = loc.predict([data])
