@@ -105,6 +105,8 @@ window.fetch = (url, init) => {
 @pytest.fixture
 def page(browser, stack):
     context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    # Playwright's 30 s default is too short for a batch of uploads on a loaded 2-core CI machine.
+    context.set_default_timeout(120_000)
     context.add_init_script(RECORD_FORMS)
     pg = context.new_page()
     errors: list[str] = []  # uncaught exceptions in the page's scripts
@@ -438,6 +440,7 @@ def test_file_page_against_a_configured_server_with_a_token(browser, stack, file
     """The page opened from file:// talks to the server given in the Server field (CORS), and
     sends the token as a Bearer header (the preflight OPTIONS is answered by nginx)."""
     context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    context.set_default_timeout(120_000)
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
