@@ -403,7 +403,8 @@ def test_batch_of_files_table_details_and_exports(page, files, expected, tmp_pat
     assert [r["file"] for r in records] == ["brain_scan.png", "brain_scan.dcm",
                                             "brain_scan.tif", "notes.png"]  # fmt: skip
     assert [r["status"] for r in records] == ["ok", "ok", "ok", "error"]
-    assert float(records[0]["fake_probability"]) == pytest.approx(s["fake_probability"])
+    # served in one batch with the other files: on a bf16 path that moves the 4th decimal
+    assert float(records[0]["fake_probability"]) == pytest.approx(s["fake_probability"], abs=1e-3)
     assert records[0]["count"] == "2" and records[0]["localizer_verdict"] == "manipulated"
     assert len(records[0]["model_sha256"]) == 64
     with page.expect_download() as dl:
