@@ -3,7 +3,9 @@
 The first stack answers a few requests on the paper endpoints through nginx over keep-alive
 connections; stopping nginx closes them from the server side, so they linger in TIME-WAIT on the
 nginx port. The second start on the same ports must not mind them, and answers exactly as the
-first one did.
+first one did: exactly where both starts chose the same CPU path, and within bf16's rounding where
+the timed ``auto`` choice (medfakedet.fastpath) differs between the two starts on a loaded
+machine with native bf16.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def test_stop_then_start_again_at_once_on_the_same_ports(start_stack, model_stor
     cfg = StackConfig(log_dir=log_dir, model_store=model_store, ports=free_ports())
     try:
         first = start_stack(cfg)
+        paths_a = {m: first.served_cpu_path(m) for m in ("synthesis8", "manipulation_density")}
         with requests.Session() as keep_alive:
             before = [ask_both(keep_alive, first.base_url, seed) for seed in range(3)]
             assert stop(log_dir)  # nginx closes the idle keep-alive connections itself
@@ -59,8 +62,17 @@ def test_stop_then_start_again_at_once_on_the_same_ports(start_stack, model_stor
         second = start_stack(cfg)  # the same ports, at once
         assert second.base_url == first.base_url
         after = [ask_both(requests, second.base_url, seed) for seed in range(3)]
+        paths_b = {m: second.served_cpu_path(m) for m in paths_a}
+        same_s8 = paths_a["synthesis8"] == paths_b["synthesis8"]
+        same_md = paths_a["manipulation_density"] == paths_b["manipulation_density"]
         for (s8_a, md_a), (s8_b, md_b) in zip(before, after, strict=True):
-            assert s8_b["probabilities"] == pytest.approx(s8_a["probabilities"], abs=1e-5)
-            assert md_b == md_a
+            tolerance = 1e-5 if same_s8 else 2e-3  # bf16 vs fp32 moves them by ~5e-4
+            assert s8_b["probabilities"] == pytest.approx(s8_a["probabilities"], abs=tolerance)
+            if same_s8:
+                assert s8_b["verdict"] == s8_a["verdict"]
+            if same_md:
+                assert md_b == md_a, (paths_a, paths_b)
+            else:  # ask_both has checked each start's box against BOX
+                assert len(md_b["boxes"]) == len(md_a["boxes"]), (paths_a, paths_b)
     finally:
         stop(log_dir)
