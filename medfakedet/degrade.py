@@ -25,6 +25,9 @@ from medfakedet.imaging import decode_image
 JPEG_SHARE, PNG16_SHARE = 0.5, 0.4
 JPEG_QUALITY_RANGE: tuple[int, int] = (50, 100)
 SCALE_RANGE: tuple[float, float] = (0.5, 2.0)
+#: Training source changes (:class:`Degradation`): gamma (log-uniform) and zoom ranges.
+GAMMA_RANGE: tuple[float, float] = (0.5, 2.0)
+ZOOM_RANGE: tuple[float, float] = (1.0, 1.4)
 
 
 def resample(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -144,7 +147,8 @@ class Degradation:
     Applied in this order: down-up resize (factor log-uniform in ``resize_scale``), blur (std
     uniform in ``blur_sigma`` pixels), noise (std uniform in ``noise_sigma``), JPEG
     recompression (quality uniform in ``jpeg_quality``), the order of a scan being resized,
-    smoothed and saved.
+    smoothed and saved. The source changes (``zoom_p``, ``gamma_p``: another field of view and
+    display curve) come first, when on.
     """
 
     jpeg_p: float = 0.0
@@ -155,6 +159,13 @@ class Degradation:
     resize_scale: tuple[float, float] = SCALE_RANGE
     noise_p: float = 0.0
     noise_sigma: tuple[float, float] = (0.005, 0.03)
+    # Source changes (before the degradations above): another display curve (gamma, log-uniform
+    # in ``gamma_range``: another CT window or X-ray processing) and another field of view (a
+    # crop of 1/z of each side at a random place, z in ``zoom_range``, resized back).
+    gamma_p: float = 0.0
+    gamma_range: tuple[float, float] = GAMMA_RANGE
+    zoom_p: float = 0.0
+    zoom_range: tuple[float, float] = ZOOM_RANGE
 
     def __post_init__(self) -> None:
         problems = [
@@ -164,6 +175,8 @@ class Degradation:
                 ("blur_p", self.blur_p),
                 ("resize_p", self.resize_p),
                 ("noise_p", self.noise_p),
+                ("gamma_p", self.gamma_p),
+                ("zoom_p", self.zoom_p),
             )
             if not 0.0 <= p <= 1.0
         ]
@@ -172,6 +185,8 @@ class Degradation:
             ("blur_sigma", self.blur_sigma, 0.0),
             ("resize_scale", self.resize_scale, 0.1),
             ("noise_sigma", self.noise_sigma, 0.0),
+            ("gamma_range", self.gamma_range, 0.1),
+            ("zoom_range", self.zoom_range, 1.0),
         ):
             if not floor <= lo <= hi:
                 problems.append(f"{name} must be a range lo <= hi with lo >= {floor}")
@@ -182,11 +197,18 @@ class Degradation:
 
     @property
     def active(self) -> bool:
-        return max(self.jpeg_p, self.blur_p, self.resize_p, self.noise_p) > 0
+        return max(self.jpeg_p, self.blur_p, self.resize_p, self.noise_p, *self._source_ps) > 0
+
+    @property
+    def _source_ps(self) -> tuple[float, float]:
+        return self.gamma_p, self.zoom_p
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Degrade (C, H, W) ``x`` in [0, 1]; every draw comes from ``generator``."""
-        # Decisions and parameters are drawn up front, so one op firing never shifts the others.
+        # Decisions and parameters are drawn up front, so one op firing never shifts the others
+        # (the source changes' draws only when they are on: the other draws stay as they were).
+        if max(self._source_ps) > 0:
+            x = self._source_change(x, torch.rand(6, generator=generator, dtype=torch.float64))
         u = torch.rand(8, generator=generator, dtype=torch.float64).tolist()
 
         def within(r: tuple[float, float], t: float) -> float:
@@ -202,4 +224,19 @@ class Degradation:
         if u[6] < self.jpeg_p:
             lo, hi = self.jpeg_quality
             x = jpeg_roundtrip(x, min(hi, lo + int(u[7] * (hi - lo + 1))))
+        return x
+
+    def _source_change(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Zoom (a random crop resized back) then gamma, as the draws ``v`` (6 in [0, 1)) say."""
+        v = v.tolist()
+        if v[0] < self.zoom_p:
+            h, w = x.shape[-2:]
+            lo, hi = math.log(self.zoom_range[0]), math.log(self.zoom_range[1])
+            z = math.exp(lo + (hi - lo) * v[1])
+            ch, cw = max(8, round(h / z)), max(8, round(w / z))
+            top, left = int(v[2] * (h - ch + 1)), int(v[3] * (w - cw + 1))
+            x = resample(x[..., top : top + ch, left : left + cw], h, w)
+        if v[4] < self.gamma_p:
+            lo, hi = math.log(self.gamma_range[0]), math.log(self.gamma_range[1])
+            x = x.clamp(0.0, 1.0) ** math.exp(lo + (hi - lo) * v[5])
         return x

@@ -20,6 +20,7 @@ from medfakedet.degrade import (
     encode_image,
     gaussian_blur,
     jpeg_roundtrip,
+    resample,
 )
 from medfakedet.imaging import decode_image
 from medfakedet.preprocess import (
@@ -129,6 +130,41 @@ def test_config_fields_build_the_degradation_and_are_validated() -> None:
     cfg.validate()
     with pytest.raises(ValueError, match="invalid localizer config: .*resize_p must be within"):
         LocalizerConfig(aug_resize_p=2.0).validate()
+
+
+def test_source_changes_gamma_and_zoom() -> None:
+    """Another display curve (gamma) and field of view (zoom): exact at fixed parameters,
+    drawn from the generator, and the other draws unchanged while they are off."""
+    x = _scan()
+    g = torch.Generator
+    # Fixed parameters: gamma 2 squares the image; zoom 1 and gamma 1 leave it as it was.
+    assert torch.allclose(Degradation(gamma_p=1.0, gamma_range=(2.0, 2.0))(x, g()), x**2)
+    same = Degradation(gamma_p=1.0, gamma_range=(1.0, 1.0), zoom_p=1.0, zoom_range=(1.0, 1.0))
+    assert torch.allclose(same(x, g()), x)
+    # Zoom 2: a quarter of the image (half of each side) resized back, placed by the draw.
+    zoomed = Degradation(zoom_p=1.0, zoom_range=(2.0, 2.0))
+    a, b = zoomed(x, g().manual_seed(1)), zoomed(x, g().manual_seed(2))
+    assert a.shape == x.shape and not torch.equal(a, b)
+    assert torch.equal(a, zoomed(x, g().manual_seed(1)))
+    v = torch.rand(6, generator=g().manual_seed(1), dtype=torch.float64).tolist()
+    top, left = int(v[2] * 65), int(v[3] * 65)  # the crop's place: draws 2 and 3
+    assert torch.equal(a, resample(x[..., top : top + 64, left : left + 64], 128, 128))
+    # The central disc fills more of a zoomed image: measured 0.46 -> 0.81 and 0.97 (seeds 1, 2).
+    bright = [float((im > 0.5).float().mean()) for im in (x, a, b)]
+    assert bright[0] < 0.5 and min(bright[1:]) > 0.75
+    # Off (p 0, the default): the other degradations draw exactly as before.
+    old, new = Degradation(jpeg_p=0.5, noise_p=1.0), Degradation(jpeg_p=0.5, noise_p=1.0, gamma_p=0)
+    assert torch.equal(old(x, g().manual_seed(7)), new(x, g().manual_seed(7)))
+    assert Degradation(zoom_p=0.1).active and Degradation(gamma_p=0.1).active
+    with pytest.raises(ValueError, match="gamma_p must be within 0..1"):
+        Degradation(gamma_p=1.5)
+    with pytest.raises(ValueError, match="zoom_range must be a range lo <= hi with lo >= 1.0"):
+        Degradation(zoom_range=(0.8, 1.2))
+    cfg = Synthesis8Config(aug_gamma_p=0.3, aug_zoom_p=0.2, aug_zoom_range=(1.0, 1.3))
+    d = cfg.degradation()
+    assert (d.gamma_p, d.zoom_p, d.zoom_range) == (0.3, 0.2, (1.0, 1.3)) and d.active
+    with pytest.raises(ValueError, match="aug_zoom_p must be 0 for the localizer"):
+        LocalizerConfig(aug_zoom_p=0.2).validate()
 
 
 def test_encode_draw_is_deterministic_and_covers_the_ranges() -> None:

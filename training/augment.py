@@ -3,15 +3,22 @@
 ``Synthesis8Config`` and ``LocalizerConfig`` inherit :class:`DegradationFields`; the trainer
 hands :meth:`DegradationFields.degradation` to the train split only, where
 :class:`medfakedet.degrade.Degradation` applies down-up resize, blur, noise and JPEG
-recompression at random (every draw from the item's generator, so runs are reproducible).
-All probabilities 0 (the default): no degradation, the paper's recipe.
+recompression at random, after the source changes (gamma, zoom) when those are on (every
+draw from the item's generator, so runs are reproducible). All probabilities 0 (the
+default): no degradation, the paper's recipe.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medfakedet.degrade import JPEG_QUALITY_RANGE, SCALE_RANGE, Degradation
+from medfakedet.degrade import (
+    GAMMA_RANGE,
+    JPEG_QUALITY_RANGE,
+    SCALE_RANGE,
+    ZOOM_RANGE,
+    Degradation,
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,10 @@ class DegradationFields:
     aug_resize_scale: tuple[float, float] = SCALE_RANGE  # log-uniform factor
     aug_noise_p: float = 0.0  # Gaussian noise probability
     aug_noise_sigma: tuple[float, float] = (0.005, 0.03)
+    aug_gamma_p: float = 0.0  # another display curve (CT window, X-ray processing)
+    aug_gamma_range: tuple[float, float] = GAMMA_RANGE  # log-uniform exponent
+    aug_zoom_p: float = 0.0  # another field of view: a random crop resized back
+    aug_zoom_range: tuple[float, float] = ZOOM_RANGE  # log-uniform, 1/z of each side kept
 
     def degradation_problems(self) -> list[str]:
         """What is wrong with these fields, for the config's ``validate`` ([] when fine)."""
@@ -46,4 +57,8 @@ class DegradationFields:
             resize_scale=tuple(self.aug_resize_scale),
             noise_p=self.aug_noise_p,
             noise_sigma=tuple(self.aug_noise_sigma),
+            gamma_p=self.aug_gamma_p,
+            gamma_range=tuple(self.aug_gamma_range),
+            zoom_p=self.aug_zoom_p,
+            zoom_range=tuple(self.aug_zoom_range),
         )

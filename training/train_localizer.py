@@ -117,6 +117,8 @@ class LocalizerConfig(DegradationFields):
             problems.append(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
         if self.split_mode not in ("json", "group"):
             problems.append(f"split_mode must be 'json' or 'group', got {self.split_mode!r}")
+        if self.aug_zoom_p:
+            problems.append("aug_zoom_p must be 0 for the localizer (its maps ignore the crop)")
         if self.max_false_alarm is not None and not 0 <= self.max_false_alarm < 1:
             problems.append(f"max_false_alarm must be in [0, 1), got {self.max_false_alarm}")
         if self.max_minutes is not None and self.max_minutes <= 0:
