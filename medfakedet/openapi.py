@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from medfakedet import __version__
+from medfakedet.model_card import DensityCard, Synthesis8Card
 from medfakedet.schema import (
     DensityForm,
     DensityJson,
@@ -83,16 +84,33 @@ def _upload(form, body, result, summary: str, doc: str, used: dict) -> dict:
     }
 
 
+def _card(card: type[BaseModel], used: dict) -> dict:
+    """The GET of a model's endpoint: its public model card."""
+    return {
+        "get": {
+            "summary": "The model card: version, weights' sha256, runtime, calibrated defaults",
+            "description": "Read-only; answers without running the model, so a client can show "
+            "the calibrated defaults before any upload. With token authorization on, it needs "
+            "the token like every API call.",
+            "responses": {
+                "200": _json(card, "the model card", used),
+                "default": _json(TorchServeError, "TorchServe or nginx: no such model, no "
+                                 "token, too many requests", used),
+            },
+        }
+    }  # fmt: skip
+
+
 def openapi_document() -> dict:
     """The OpenAPI 3.1 document of the paper's endpoints (served by nginx in front of
     TorchServe), with every schema generated from the models above."""
     used: dict[str, type[BaseModel]] = {}
     paths = {
-        "/detect/synthesis8": _upload(
+        "/detect/synthesis8": _card(Synthesis8Card, used) | _upload(
             ImageForm, ImageJson, Synthesis8Result, "Organ and real/fake of one image",
             "The 8 classes (brain/chest/kidney/lung x real/fake), calibrated.", used,
         ),
-        "/detect/manipulation_density": _upload(
+        "/detect/manipulation_density": _card(DensityCard, used) | _upload(
             DensityForm, DensityJson, DensityResult, "Locally manipulated regions of one image",
             "Form fields or JSON keys thr, min_area, return_density; a raw body takes the "
             "calibrated defaults.", used,

@@ -18,6 +18,7 @@ from typing import Any
 
 from medfakedet import serving_metrics
 from medfakedet.decoding import SERVING_LIMITS
+from medfakedet.model_card import card_requests, model_card
 from medfakedet.predictors import package_dirs
 from medfakedet.requests import responses
 from medfakedet.runtime import select_device
@@ -41,6 +42,7 @@ class PredictorHandler:
 
     def __init__(self) -> None:
         self.predictor: Any = None
+        self.card: dict = {}  # the public model card, built once the predictor is loaded
 
     def initialize(self, context: Any) -> None:
         props = context.system_properties
@@ -49,6 +51,7 @@ class PredictorHandler:
             props["model_dir"], device, limits=SERVING_LIMITS, cpu_path=cpu_path_setting(context)
         )
         self.predictor.warmup()  # the worker is READY only once it can answer
+        self.card = model_card(self.predictor)
         logger.info(
             "%s ready: version=%s device=%s runtime=%s medfakedet_dirs=%s",
             self.predictor.task,
@@ -76,10 +79,29 @@ class PredictorHandler:
     def handle(self, data: list, context: Any) -> list[bytes]:
         if _is_describe(context):
             return [strict_json(self.describe())]
+        # The public model card (GET /detect/<model>, see medfakedet.model_card) for card rows;
+        # the other rows of the same batch are predicted as usual, each answer in its place.
+        results: list = [self.card] * len(data)
+        cards = card_requests(context, len(data))
+        images = [i for i in range(len(data)) if not cards[i]]
+        if images:
+            answers = self._predict_rows([data[i] for i in images], RowContext(context, images))
+            serving_metrics.record(context, len(images), self.predictor.timings)
+            for idx, answer in zip(images, answers, strict=True):
+                results[idx] = answer
+        bodies = [strict_json(b) for b in responses(results, context.set_response_status)]
+        for idx, result in enumerate(results):
+            context.set_response_content_type(idx, "application/json")
+            if isinstance(result, PredictionError) and result.status >= 500:
+                # nginx reads TorchServe's own 500 as a body its decoder refused: this says ours
+                context.set_response_header(idx, INTERNAL_ERROR_HEADER, "internal")
+        return bodies
+
+    def _predict_rows(self, data: list, context: Any) -> list:
+        """The answer of each image row (a dict, or a PredictionError), with the batch logged."""
         start = time.perf_counter()
         _test_hang(data)
         results, counts = self._answer_each(data, context)
-        serving_metrics.record(context, len(data), self.predictor.timings)
         extra = "".join(f" {k}={v}" for k, v in counts.items())
         logger.info(
             "%s batch_size=%d%s ms=%.1f",
@@ -88,14 +110,7 @@ class PredictorHandler:
             extra,
             (time.perf_counter() - start) * 1000,
         )
-        results = [strict_or_error(r) for r in results]
-        bodies = [strict_json(b) for b in responses(results, context.set_response_status)]
-        for idx, result in enumerate(results):
-            context.set_response_content_type(idx, "application/json")
-            if isinstance(result, PredictionError) and result.status >= 500:
-                # nginx reads TorchServe's own 500 as a body its decoder refused: this says ours
-                context.set_response_header(idx, INTERNAL_ERROR_HEADER, "internal")
-        return bodies
+        return [strict_or_error(r) for r in results]
 
     def _answer_each(self, data: list, context: Any) -> tuple[list, dict[str, int]]:
         """:meth:`answer` for the batch; should it raise, each request alone, so that an
@@ -108,7 +123,7 @@ class PredictorHandler:
         results: list = []
         for idx, row in enumerate(data):
             try:
-                (result,), _ = self.answer([row], RowContext(context, idx))
+                (result,), _ = self.answer([row], RowContext(context, [idx]))
             except Exception:
                 logger.exception("request %d of the batch failed on its own", idx)
                 result = PredictionError(500, "internal error while answering this request")
@@ -144,13 +159,14 @@ def _test_hang(data: list) -> None:
 
 
 class RowContext:
-    """TorchServe's context seen from one request of a batch (index 0 is request ``idx``)."""
+    """TorchServe's context seen from some requests of a batch: index ``i`` is request
+    ``rows[i]`` (the image rows of a batch that also holds card rows, or one row alone)."""
 
-    def __init__(self, context: Any, idx: int) -> None:
-        self.context, self.idx = context, idx
+    def __init__(self, context: Any, rows: list[int]) -> None:
+        self.context, self.rows = context, rows
 
-    def get_request_header(self, _idx: int, key: str) -> Any:
-        return self.context.get_request_header(self.idx, key)
+    def get_request_header(self, idx: int, key: str) -> Any:
+        return self.context.get_request_header(self.rows[idx], key)
 
 
 def _finite(value: Any) -> bool:

@@ -3,8 +3,10 @@ attributes, real encoded images, one response per request, per-item statuses, ba
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ import pytest
 from handlers.manipulation_density_handler import ManipulationDensityHandler
 from handlers.synthesis8_handler import Synthesis8Handler
 from medfakedet.imaging import encode_png
+from medfakedet.labels import CLASS_NAMES
+from medfakedet.model_card import DensityCard, Synthesis8Card, card_requests
 from tests.test_predictors import density_dir, rect_png, s8_dir  # noqa: F401  (fixtures)
 
 
@@ -27,6 +31,9 @@ class Context:
 
     def get_request_header(self, idx: int, key: str):
         return self.headers[idx].get(key)
+
+    def get_all_request_header(self, idx: int) -> dict:
+        return self.headers[idx]
 
     def set_response_status(self, code: int, phrase: str, idx: int) -> None:
         self.statuses[idx] = (code, phrase)
@@ -129,3 +136,75 @@ def test_a_non_finite_result_is_that_requests_422_and_the_body_is_strict_json(
     assert out[0]["probabilities"]
     assert out[1]["status"] == 422 and "non-finite" in out[1]["error"]
     assert ctx.statuses[1][0] == 422
+
+
+# ------------------------------------------------------------------- the public model card
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_card_requests_get_the_model_card_and_never_reach_the_model(s8_dir, monkeypatch, caplog):  # noqa: F811
+    """GET /detect/synthesis8 arrives as an empty body with the header X-MedFakeDet-Card: 1
+    (nginx sets it): it gets the card; the image rows of the same batch are answered as usual,
+    each with its own explain header, and only they reach the model."""
+    handler = Synthesis8Handler()
+    handler.initialize(Context(s8_dir))
+    answer, seen = handler.predictor.answer, []
+
+    def recording(items, explain, *args, **kwargs):
+        seen.append((list(items), list(explain)))
+        return answer(items, explain, *args, **kwargs)
+
+    monkeypatch.setattr(handler.predictor, "answer", recording)
+    empty = {"body": bytearray(b"")}
+    rows = [empty, {"image": _png(1)}, empty, {"image": _png(2)}]
+    headers = [{"X-MedFakeDet-Card": "1"}, {}, {"x-medfakedet-card": "1"}, {"explain": "True"}]
+    ctx = Context(s8_dir, headers=headers)
+    with caplog.at_level(logging.INFO):
+        out = handled(handler, rows, ctx)
+    assert seen == [([_png(1), _png(2)], [False, True])]  # the card rows never reach the model
+    assert "synthesis8 batch_size=2 explained=1 ms=" in caplog.text
+    assert out[1]["class_name"] and "heatmap_png" not in out[1]
+    assert out[3]["explanation"]["method"] == "grad-cam"
+    assert out[0] == out[2] and ctx.statuses == {}
+    card = Synthesis8Card.model_validate(out[0])
+    assert card.version == "7.1" == out[1]["model_version"]
+    assert card.model_sha256 == _sha256(Path(s8_dir) / "model.safetensors")
+    assert card.model_sha256 == out[1]["model_sha256"] == handler.describe()["model_sha256"]
+    assert card.runtime.device == "cpu" and card.runtime.cpu_path == "fp32"
+    assert card.labels == list(CLASS_NAMES) and card.temperature == 2.0
+    assert (card.grey_zone.low, card.grey_zone.high) == (0.5, 0.5)  # no grey zone calibrated
+    assert card.input.max_bytes == 50 * 2**20 and card.input.max_decode_seconds == 3.0
+    assert "DICOM" in card.input.formats and card.input.fields == ["preview"]
+    assert card.in_distribution_check is False and card.explanations is True
+    assert str(s8_dir) not in json.dumps(out[0]) and "/" not in json.dumps(out[0])  # no paths
+
+
+def test_density_card_has_the_calibrated_defaults_and_a_card_batch_runs_no_model(
+    density_dir,  # noqa: F811
+    monkeypatch,
+):
+    handler = ManipulationDensityHandler()
+    handler.initialize(Context(density_dir))
+    monkeypatch.setattr(handler.predictor, "predict", pytest.fail)  # must not be called
+    ctx = Context(density_dir, headers=[{"X-MedFakeDet-Card": "1"}])
+    (body,) = handled(handler, [{"body": bytearray(b"")}], ctx)
+    card = DensityCard.model_validate(body)
+    assert card.task == "manipulation_density" and card.version == "3.0"
+    assert card.threshold.model_dump() == {"default": 0.28, "min": 0.0, "max": 1.0}
+    assert card.min_area.model_dump() == {"default": 20, "min": 0, "max": 128 * 128}
+    assert card.presence_threshold == 0.5 and card.grid.width == card.grid.height == 128
+    assert card.input.fields == ["thr", "min_area", "return_density", "preview"]
+    assert card.model_sha256 == _sha256(Path(density_dir) / "model.safetensors")
+
+
+def test_a_request_without_an_image_or_card_header_is_still_a_400(density_dir):  # noqa: F811
+    handler = ManipulationDensityHandler()
+    handler.initialize(Context(density_dir))
+    rows = [{"body": bytearray(b"")}, {"thr": b"0.3"}, {"body": bytearray(b"")}]
+    headers = [{}, {"X-MedFakeDet-Card": "0"}, {"X-MedFakeDet-Card": ""}]
+    ctx = Context(density_dir, headers=headers)
+    assert card_requests(ctx, 3) == [False, False, False]
+    out = handled(handler, rows, ctx)
+    assert [o["status"] for o in out] == [400, 400, 400]
+    assert "empty body" in out[0]["error"] and "no image" in out[1]["error"]

@@ -219,6 +219,11 @@ def test_committed_openapi_documents_are_current_and_valid():
         "/explanations/synthesis8",
         "/ping",
     }
+    for model, card in (("synthesis8", "Synthesis8Card"), ("manipulation_density", "DensityCard")):
+        get = doc["paths"][f"/detect/{model}"]["get"]  # the public model card
+        assert get["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": f"#/components/schemas/{card}"
+        }
     density = doc["paths"]["/detect/manipulation_density"]["post"]
     assert set(density["requestBody"]["content"]) == {
         "multipart/form-data",

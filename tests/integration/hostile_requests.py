@@ -249,7 +249,7 @@ def _named(probe: Probe, kind: str) -> Probe:
 
 def _http_kinds() -> list[Probe]:
     return [
-        Probe("GET on a detect endpoint", S8, method="GET"),
+        Probe("PUT on a detect endpoint", S8, method="PUT"),  # (a GET is the model card)
         Probe("unknown model", "/detect/nope", b"x"),
         Probe("unknown path", "/predictions/../../etc/passwd", b"x"),
         Probe("declared body over 50 MiB", S8, b"", {"Content-Length": "60000000"}),

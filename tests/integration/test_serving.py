@@ -17,6 +17,7 @@ from dicom_files import dicom_bytes
 from PIL import Image
 from test_web import browser  # noqa: F401  (the chromium fixture, for the token test)
 
+from medfakedet.artifacts import read_meta
 from medfakedet.imaging import encode_png
 from medfakedet.labels import CLASS_NAMES, ORGANS
 from medfakedet.schema import Synthesis8Result
@@ -321,6 +322,60 @@ def test_ping_metrics_web_root_and_the_openapi_document(stack):
     assert requests.get(f"{stack.base_url}/", timeout=10).status_code in (200, 403, 404)
 
 
+def _describe(stack, model: str) -> dict:
+    """The handler's describe metadata, from the (non-public) management API."""
+    r = requests.get(f"{stack.management_url}/models/{model}?customized=true", timeout=60)
+    return r.json()[0]["customizedMetadata"]
+
+
+def test_model_cards_through_nginx_and_straight_on_torchserve(stack):
+    """GET /detect/<model> answers the public card: the describe metadata's version and hash,
+    the artifacts' calibrated values; on TorchServe, a GET with nginx's header is the same; card
+    GETs mixed with uploads each get their own answer; a POST without image is still a 400."""
+    calibration = read_meta(stack.artifacts["manipulation_density"])["calibration"]
+    for model in ("synthesis8", "manipulation_density"):
+        r = requests.get(f"{stack.base_url}/detect/{model}", timeout=60)
+        assert r.status_code == 200 and r.headers["Content-Type"] == "application/json", r.text
+        card = conforms(f"/detect/{model}", r, "get")
+        meta = _describe(stack, model)
+        assert (card["task"], card["version"]) == (model, meta["version"])
+        assert card["model_sha256"] == meta["model_sha256"]
+        assert len(card["model_sha256"]) == 64
+        assert card["runtime"] == {k: meta["runtime"][k] for k in ("device", "cpu_path")}
+        assert requests.get(f"{stack.base_url}/predictions/{model}", timeout=60).json() == card
+        direct = f"{stack.inference_url}/predictions/{model}"  # nginx's header, sent by hand
+        ask = {"X-MedFakeDet-Card": "1"}
+        assert requests.get(direct, headers=ask, timeout=60).json() == card
+        assert requests.get(direct, timeout=60).status_code == 400  # no header: an empty body
+        assert str(stack.artifacts[model]) not in r.text and "/" not in r.text  # no paths
+    density = requests.get(f"{stack.base_url}/detect/manipulation_density", timeout=60).json()
+    assert density["threshold"]["default"] == calibration["box_threshold"]
+    assert density["min_area"]["default"] == calibration["min_area"]
+    assert density["presence_threshold"] == calibration["presence_threshold"]
+    assert density["min_area"]["max"] == 128 * 128
+    s8 = requests.get(f"{stack.base_url}/detect/synthesis8", timeout=60).json()
+    assert s8["labels"] == list(CLASS_NAMES) and s8["temperature"] == 1.5
+    assert s8["in_distribution_check"] is True and s8["input"]["max_bytes"] == 50 * 2**20
+
+    def call(i: int) -> requests.Response:
+        url = f"{stack.base_url}/detect/manipulation_density"
+        if i % 2:
+            return requests.get(url, timeout=60)
+        return requests.post(url, files={"image": png(rect_image())}, timeout=60)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(call, range(8)))
+    assert [r.status_code for r in answers] == [200] * 8
+    assert [r.json() == density for r in answers] == [False, True] * 4
+    assert all(r.json()["count"] == 1 for r in answers[::2])
+    url = f"{stack.base_url}/detect/manipulation_density"
+    empty = requests.post(url, data=b"", timeout=60)
+    assert empty.status_code == 400 and "empty" in empty.json()["error"]
+    # nginx drops a client's own card header on a POST: the upload is answered
+    spoof = requests.post(url, data=png(rect_image()), headers=ask, timeout=60)
+    assert spoof.status_code == 200 and spoof.json()["count"] == 1
+
+
 def test_workers_import_the_archived_package(stack):
     lines = re.findall(r"(\w+) ready: .*medfakedet_dirs=(\[.*\])", stack.model_log())
     assert {m for m, _ in lines} == {"synthesis8", "manipulation_density"}
@@ -401,3 +456,8 @@ def test_production_start_waits_with_the_token_and_nginx_passes_it(token_stack):
     r = requests.post(f"{base}/detect/synthesis8", files=files, headers=auth, timeout=60)
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
     check_synthesis8(r.json())
+    # The model card is an API call like the others: the token is needed for it too.
+    assert _refused(requests.get(f"{base}/detect/synthesis8", timeout=60))
+    card = requests.get(f"{base}/detect/synthesis8", headers=auth, timeout=60)
+    assert card.status_code == 200 and card.json()["version"] == "0.0.1-test"
+    assert card.json()["model_sha256"] == r.json()["model_sha256"]
