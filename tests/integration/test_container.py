@@ -174,6 +174,13 @@ def test_both_paper_endpoints_answer_with_the_token_and_refuse_without(container
     assert body["is_manipulated"] is True and body["count"] == 1
     assert [round(v) for v in body["boxes"][0].values()][:4] == [40, 32, 80, 64]
 
+    # The model cards (GET of an endpoint) need the token like every API call.
+    for model, version in (("synthesis8", "0.0.1-test"), ("manipulation_density", "0.0.2-test")):
+        assert container.get(f"/detect/{model}").status_code == 401
+        card = container.get(f"/detect/{model}", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert card.status_code == 200 and card.json()["version"] == version, card.text
+    assert card.json()["threshold"]["default"] == 0.28  # the test localizer's calibration
+
     # The page, /ping and the OpenAPI document need no token.
     assert container.get("/").status_code == 200
     assert container.get("/ping").json()["status"] == "Healthy"
