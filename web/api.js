@@ -1,9 +1,11 @@
-// MedFakeDet page: what the single-image view (app.js) and the batch table (batch.js) share:
-// the server's URL, the token, one POST helper and the words for the verdicts.
+// MedFakeDet page: what the single-image view (app.js), the localizer's settings (settings.js)
+// and the batch table (batch.js) share: the server's URL, the token, the request helpers and
+// the words for the verdicts.
 // Endpoints (nginx in front of TorchServe):
 //   POST /detect/synthesis8            multipart: image, preview
 //   POST /detect/manipulation_density  multipart: image, thr, min_area, return_density, preview
 //   POST /explanations/synthesis8      multipart: image (Grad-CAM)
+//   GET  /detect/manipulation_density  the model card: version, calibrated thr and min_area
 "use strict";
 
 window.MedFakeDet = (function () {
@@ -58,17 +60,32 @@ window.MedFakeDet = (function () {
     return "";
   }
 
+  // Call `fn` when the Server URL or the Token changes (the page asks the new server again).
+  function onServerChange(fn) {
+    serverInput.addEventListener("change", fn);
+    tokenInput.addEventListener("change", fn);
+  }
+
   // POST a multipart form; resolve with the JSON body or throw an Error whose message is the
   // server's own (the handlers answer {error, status}, TorchServe {code, type, message}, nginx
   // may answer HTML).
-  async function postForm(path, form, signal) {
+  function postForm(path, form, signal) {
+    return request(path, { method: "POST", body: form, signal });
+  }
+
+  // GET a JSON document of the API (a model card), with the same errors as postForm.
+  function getJson(path, signal) {
+    return request(path, { method: "GET", signal });
+  }
+
+  async function request(path, init) {
     const url = base() + path; // throws when the URL is unusable: shown like a failed request
     const headers = {};
     const token = tokenInput.value.trim();
     if (token) headers.Authorization = `Bearer ${token}`;
     let response;
     try {
-      response = await fetch(url, { method: "POST", body: form, headers, signal });
+      response = await fetch(url, { ...init, headers });
     } catch (err) {
       if (err.name === "AbortError") throw err;
       throw new Error(`Could not reach the server at ${url} (${err.message}).`);
@@ -124,5 +141,5 @@ window.MedFakeDet = (function () {
 
   const pct = (p) => `${(100 * p).toFixed(1)}%`;
 
-  return { base, postForm, imageForm, loadImage, VERDICTS, pct };
+  return { base, postForm, getJson, onServerChange, imageForm, loadImage, VERDICTS, pct };
 })();

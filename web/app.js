@@ -1,10 +1,12 @@
 // MedFakeDet page: upload an image, show both models' answers. Plain JS, no dependencies.
-// api.js holds the server URL, the token and the POST helper; batch.js the batch table. One
-// file opens here; several files or a folder go to the batch table, whose rows open here.
+// api.js holds the server URL, the token and the request helpers; settings.js the localizer's
+// threshold and smallest box; batch.js the batch table. One file opens here; several files or a
+// folder go to the batch table, whose rows open here.
 "use strict";
 
 (function () {
   const api = window.MedFakeDet;
+  const settings = window.MedFakeDetSettings;
   const ENDPOINT_SYNTHESIS = "/detect/synthesis8";
   const ENDPOINT_DENSITY = "/detect/manipulation_density";
   const ENDPOINT_EXPLAIN = "/explanations/synthesis8";
@@ -17,14 +19,10 @@
     input: $("file-input"),
     folderInput: $("folder-input"),
     chooseFolder: $("choose-folder"),
-    thrReset: $("thr-reset"),
     showGradcam: $("show-gradcam"),
     verdictSummary: $("verdict-summary"),
     fileName: $("file-name"),
     always: $("localize-always"),
-    thr: $("thr"),
-    thrValue: $("thr-value"),
-    minArea: $("min-area"),
     showHeatmap: $("show-heatmap"),
     canvas: $("image-canvas"),
     caption: $("viewer-caption"),
@@ -70,8 +68,6 @@
     gradcam: null, // HTMLImageElement of the Grad-CAM heatmap_png
     token: 0,
     densityAbort: null,
-    thrCalibrated: null, // the localizer's calibrated box threshold, from its first answer
-    thrMoved: false, // true once the user moved the slider: only then is thr sent
   };
 
   // ------------------------------------------------------------------------------ helpers
@@ -325,19 +321,6 @@
     el.densityVersion.textContent = r.model_version || "?";
   }
 
-  // The calibrated threshold comes with every answer of the localizer (the thr it used when
-  // none was sent): the slider starts there, and thr is sent only once the user moves it.
-  function showCalibrated(r) {
-    if (state.thrCalibrated === null && !state.thrMoved) {
-      state.thrCalibrated = Number(r.threshold);
-      el.thr.value = String(state.thrCalibrated);
-      el.thrValue.textContent = state.thrCalibrated.toFixed(2);
-      el.thr.disabled = false;
-    }
-    if (el.minArea.value === "") el.minArea.placeholder = String(r.min_area); // calibrated
-    el.thrReset.hidden = !state.thrMoved;
-  }
-
   // ----------------------------------------------------------------------------- requests
   async function runDensity() {
     if (!state.file) return;
@@ -345,9 +328,7 @@
     if (state.densityAbort) state.densityAbort.abort();
     const abort = new AbortController();
     state.densityAbort = abort;
-    const fields = { return_density: "true" };
-    if (state.thrMoved) fields.thr = el.thr.value;
-    if (el.minArea.value !== "") fields.min_area = el.minArea.value;
+    const fields = { return_density: "true", ...settings.fields() }; // thr once moved
     setStatus("Localizing manipulated regions…", true);
     try {
       const result = await api.postForm(
@@ -362,7 +343,7 @@
         ? await api.loadImage(`data:image/png;base64,${result.heatmap_png}`)
         : null;
       if (token !== state.token) return;
-      showCalibrated(result);
+      settings.fromAnswer(result);
       renderDensity(result);
       renderSummary();
       draw();
@@ -532,21 +513,7 @@
       if (state.density) runDensity(); // only once the localizer has answered for this image
     }, REQUERY_DELAY_MS);
   }
-  el.thr.addEventListener("input", () => {
-    state.thrMoved = true;
-    el.thrReset.hidden = false;
-    el.thrValue.textContent = Number(el.thr.value).toFixed(2);
-    requery();
-  });
-  el.thrReset.addEventListener("click", () => {
-    state.thrMoved = false;
-    el.thrReset.hidden = true;
-    el.thr.value = String(state.thrCalibrated);
-    el.thrValue.textContent = Number(state.thrCalibrated).toFixed(2);
-    el.thr.focus();
-    requery();
-  });
-  el.minArea.addEventListener("change", requery);
+  settings.onChange(requery); // the slider, its reset button, the smallest box
   el.showHeatmap.addEventListener("change", draw);
   el.showGradcam.addEventListener("change", () => {
     draw();

@@ -21,6 +21,7 @@ import requests
 from dicom_files import dicom_bytes
 from PIL import Image
 
+from medfakedet.artifacts import read_meta
 from medfakedet.schema import DensityParams
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -102,16 +103,33 @@ window.fetch = (url, init) => {
 """
 
 
+DENSITY = "/detect/manipulation_density"
+# What a server from before model cards answered to GET /detect/manipulation_density.
+NO_CARD = {"error": "empty body: no image bytes were received", "status": 400}
+
+
+def answer_as_an_old_server(route) -> None:
+    if route.request.method == "GET":
+        route.fulfill(status=400, json=NO_CARD)
+    else:
+        route.continue_()
+
+
 @pytest.fixture
-def page(browser, stack):
+def page(browser, stack, request):
+    """The page from nginx, once it has asked for the localizer's model card (parameter "old
+    server": that GET is answered like a server from before cards, a 400)."""
     context = browser.new_context(viewport={"width": 1360, "height": 1000})
     # Playwright's 30 s default is too short for a batch of uploads on a loaded 2-core CI machine.
     context.set_default_timeout(120_000)
     context.add_init_script(RECORD_FORMS)
+    if getattr(request, "param", None) == "old server":
+        context.route(stack.base_url + DENSITY, answer_as_an_old_server)
     pg = context.new_page()
     errors: list[str] = []  # uncaught exceptions in the page's scripts
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     pg.goto(stack.base_url + "/", wait_until="load")
+    pg.wait_for_function("document.getElementById('thr').dataset.card !== 'pending'")
     yield pg
     assert errors == [], f"JavaScript errors on the page: {errors}"
     context.close()
@@ -140,7 +158,7 @@ def canvas_pixel(page, x: float, y: float) -> tuple[int, int, int]:
 
 
 def upload_and_wait(page, path: Path) -> None:
-    with page.expect_response(lambda r: r.url.endswith("/detect/manipulation_density")):
+    with page.expect_response(lambda r: r.url.endswith(DENSITY) and r.request.method == "POST"):
         page.set_input_files("#file-input", str(path))
     page.wait_for_function("document.getElementById('status').textContent === 'Done.'")
 
@@ -296,23 +314,51 @@ def sent_form(page, endpoint: str) -> dict[str, str]:
     return [f["fields"] for f in forms if f["url"].endswith(endpoint)][-1]
 
 
-def test_slider_starts_at_the_calibrated_threshold_and_thr_is_sent_only_once_moved(
+def test_slider_starts_at_the_served_calibrated_threshold_before_any_upload(
+    page, stack, files
+) -> None:
+    """The page reads the localizer's model card when it opens: the slider shows the served
+    artifact's calibrated box threshold (and the smallest box its min_area) before any upload,
+    and neither is sent until the user changes them."""
+    calibration = read_meta(stack.artifacts["manipulation_density"])["calibration"]
+    card = requests.get(stack.base_url + DENSITY, timeout=60).json()
+    assert card["threshold"]["default"] == calibration["box_threshold"]
+    threshold, min_area = calibration["box_threshold"], calibration["min_area"]
+    assert page.evaluate("window.sentForms") == []  # nothing uploaded yet
+    assert page.locator("#thr").is_enabled()
+    assert page.locator("#thr").get_attribute("data-calibrated-from") == "card"
+    assert float(page.locator("#thr").input_value()) == threshold
+    assert page.locator("#thr-value").inner_text() == f"{threshold:.2f}"
+    assert page.locator("#min-area").get_attribute("placeholder") == str(min_area)
+    assert page.locator("#min-area").get_attribute("max") == str(card["min_area"]["max"])
+    assert page.locator("#thr-reset").is_hidden()
+
+    page.check("#localize-always")
+    upload_and_wait(page, files["png"])
+    assert sent_form(page, DENSITY) == {"image": "<file>", "return_density": "true"}
+    assert page.locator("#density-params").inner_text() == f"{threshold} / {min_area} px"
+    assert float(page.locator("#thr").input_value()) == threshold
+
+
+@pytest.mark.parametrize("page", ["old server"], indirect=True)
+def test_without_a_card_the_slider_starts_at_the_first_answers_threshold(
     page, files, expected
 ) -> None:
+    """A server from before model cards: the slider waits for the first answer, takes the
+    threshold it carries, and thr is sent only once the slider is moved."""
     # Before any answer the slider cannot be moved and shows no number of its own.
     assert page.locator("#thr").is_disabled() and page.locator("#thr-value").inner_text() == "–"
+    assert page.locator("#thr").get_attribute("data-card") == "none"
     # The threshold the server answers with is the one the slider takes: change it on the way.
     calibrated = 0.37
     page.evaluate(RELABEL_THRESHOLD, calibrated)
     page.check("#localize-always")
     upload_and_wait(page, files["png"])
     # the calibrated values apply: neither thr nor min_area is sent
-    assert sent_form(page, "/detect/manipulation_density") == {
-        "image": "<file>",
-        "return_density": "true",
-    }
+    assert sent_form(page, DENSITY) == {"image": "<file>", "return_density": "true"}
     assert sent_form(page, "/detect/synthesis8") == {"image": "<file>"}  # a PNG: no preview
     assert page.locator("#thr").input_value() == str(calibrated)
+    assert page.locator("#thr").get_attribute("data-calibrated-from") == "answer"
     assert page.locator("#thr-value").inner_text() == "0.37"
     assert page.locator("#min-area").get_attribute("placeholder") == "20"
     assert page.evaluate("window.realThresholds") == [expected["density"]["threshold"]] == [0.28]
@@ -320,17 +366,17 @@ def test_slider_starts_at_the_calibrated_threshold_and_thr_is_sent_only_once_mov
 
     # Keyboard: one step right on the focused slider sends thr = calibrated + 0.01.
     page.focus("#thr")
-    with page.expect_response(lambda r: r.url.endswith("/detect/manipulation_density")) as resp:
+    with page.expect_response(lambda r: r.url.endswith(DENSITY)) as resp:
         page.keyboard.press("ArrowRight")
-    assert sent_form(page, "/detect/manipulation_density")["thr"] == "0.38"
+    assert sent_form(page, DENSITY)["thr"] == "0.38"
     assert resp.value.json()["threshold"] == 0.38
     page.wait_for_function("document.getElementById('status').textContent === 'Done.'")
     assert page.locator("#density-params").inner_text() == "0.38 / 20 px"
     # ... and the reset button (Tab, Enter) goes back to sending no thr at all.
     page.locator("#thr-reset").focus()
-    with page.expect_response(lambda r: r.url.endswith("/detect/manipulation_density")) as resp:
+    with page.expect_response(lambda r: r.url.endswith(DENSITY)) as resp:
         page.keyboard.press("Enter")
-    assert "thr" not in sent_form(page, "/detect/manipulation_density")
+    assert "thr" not in sent_form(page, DENSITY)
     assert resp.value.json()["threshold"] == 0.28  # the server's own calibrated value
     assert page.locator("#thr").input_value() == str(calibrated)
 
@@ -457,8 +503,21 @@ def test_file_page_against_a_configured_server_with_a_token(browser, stack, file
     pg.get_by_role("alert").wait_for(state="visible")
     assert "enter the server's URL under Server" in pg.locator("#error-message").inner_text()
 
+    assert pg.locator("#thr").is_disabled()  # no server: no card
     pg.fill("#server-url", stack.base_url)
-    pg.fill("#token", "test-token-123")
+    # Server and Token changed: the page reads the localizer's card again, with the token.
+    with_token = "Bearer test-token-123"
+
+    def card_with_token(r) -> bool:
+        asked = r.method == "GET" and r.url == stack.base_url + DENSITY
+        return asked and r.headers.get("authorization") == with_token
+
+    with pg.expect_request(card_with_token):
+        pg.fill("#token", "test-token-123")
+        pg.locator("#token").blur()
+    pg.wait_for_function("document.getElementById('thr').dataset.card === 'ok'")
+    threshold = read_meta(stack.artifacts["manipulation_density"])["calibration"]["box_threshold"]
+    assert float(pg.locator("#thr").input_value()) == threshold  # before any upload
     pg.check("#localize-always")
     with pg.expect_request(lambda r: r.url == stack.base_url + "/detect/synthesis8") as req:
         pg.set_input_files("#file-input", str(files["dcm"]))
