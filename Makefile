@@ -141,14 +141,18 @@ performance: setup
 # Locust against LOADTEST_URL (any base URL: make serve's nginx, a cluster's ingress); the shape
 # (ramp to MEDFAKEDET_USERS over MEDFAKEDET_RAMP_S, hold MEDFAKEDET_HOLD_S) is in the locustfile.
 # MEDFAKEDET_IMAGES=DIR posts a folder of real scans; MEDFAKEDET_TOKEN is sent as a Bearer token.
+# LOADTEST_ARGS: more locust options, appended, e.g. LOADTEST_ARGS="--tags synthesis8" (a server
+# with that model only) or LOADTEST_ARGS="--exclude-tags explanations".
 # Reports (git-ignored): $(LOADTEST_REPORTS)/loadtest_stats.csv (+ _failures, _exceptions,
 # _stats_history) and loadtest.html.
 LOADTEST_URL ?= http://127.0.0.1:8000
 LOADTEST_REPORTS ?= loadtests/reports
+LOADTEST_ARGS ?=
 loadtest: setup
 	@mkdir -p $(LOADTEST_REPORTS)
 	$(VENV)/bin/locust -f loadtests/locustfile.py --headless --host $(LOADTEST_URL) --only-summary \
-		--csv $(LOADTEST_REPORTS)/loadtest --csv-full-history --html $(LOADTEST_REPORTS)/loadtest.html
+		--csv $(LOADTEST_REPORTS)/loadtest --csv-full-history --html $(LOADTEST_REPORTS)/loadtest.html \
+		$(LOADTEST_ARGS)
 	@echo "reports: $(LOADTEST_REPORTS)/loadtest_stats.csv, $(LOADTEST_REPORTS)/loadtest.html"
 
 # The serving image: nginx + TorchServe + handlers, no training stack, no models (a volume).

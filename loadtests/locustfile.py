@@ -16,7 +16,9 @@ Users, weighted like a real front end: :class:`ClassifyUser` (multipart classifi
 bulk), :class:`LocalizeUser` (brain localization with form parameters), :class:`RawBodyUser`
 (``curl --data-binary``-style raw uploads) and :class:`ExplainUser` (Grad-CAM, rare and costly).
 Tasks are tagged by endpoint (``synthesis8``, ``manipulation_density``, ``explanations``) and by
-kind (``multipart``, ``raw``): ``--tags raw`` or ``--exclude-tags explanations`` pick a subset.
+kind (``multipart``, ``raw``): ``--tags raw`` or ``--exclude-tags explanations`` pick a subset
+(``make loadtest LOADTEST_ARGS="--tags synthesis8"``); user classes left without a task are not
+spawned.
 
 Load shape (:class:`RampAndHold`): ramp up to ``MEDFAKEDET_USERS`` (16) users over
 ``MEDFAKEDET_RAMP_S`` (20 s), hold for ``MEDFAKEDET_HOLD_S`` (40 s), stop. Every answer is
@@ -31,7 +33,7 @@ import random
 import sys
 from pathlib import Path
 
-from locust import LoadTestShape, between, tag, task
+from locust import LoadTestShape, between, events, tag, task
 from locust.contrib.fasthttp import FastHttpUser
 
 # locust puts this file's folder on sys.path, not the repository root.
@@ -168,6 +170,16 @@ class ExplainUser(_MedFakeDetUser):
     @task
     def gradcam(self) -> None:
         self.post_form("/explanations/synthesis8", random.choice(IMAGES))
+
+
+@events.test_start.add_listener
+def drop_users_without_tasks(environment, **_kwargs) -> None:
+    """``--tags`` / ``--exclude-tags`` can leave a user class without a task (``--tags
+    synthesis8``: LocalizeUser); locust would still spawn it, and every spawn would count as an
+    exception ("No tasks defined") and fail the run. Tasks are filtered just before this event."""
+    kept = [user for user in environment.user_classes if user.tasks]
+    if kept:
+        environment.user_classes[:] = kept
 
 
 class RampAndHold(LoadTestShape):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import re
@@ -15,6 +16,7 @@ import pytest
 import requests
 from dicom_files import dicom_bytes
 from PIL import Image
+from test_loadtest import make_loadtest
 from test_web import browser  # noqa: F401  (the chromium fixture, for the token test)
 
 from medfakedet.artifacts import read_meta
@@ -461,3 +463,26 @@ def test_production_start_waits_with_the_token_and_nginx_passes_it(token_stack):
     card = requests.get(f"{base}/detect/synthesis8", headers=auth, timeout=60)
     assert card.status_code == 200 and card.json()["version"] == "0.0.1-test"
     assert card.json()["model_sha256"] == r.json()["model_sha256"]
+
+
+def test_locust_sends_the_token(token_stack, tmp_path):
+    """``make loadtest`` against the production config (synthesis8 only, hence the tag): with
+    MEDFAKEDET_TOKEN every request is answered, without it every request is refused."""
+    key = token_stack.stack.keys()["inference"]
+    shape, tags = (4, 2, 6), "--tags synthesis8"  # 4 users, ramp 2 s, hold 6 s
+    runs = {}
+    for name, token in (("with", key), ("without", None)):
+        done, rows = make_loadtest(token_stack.base_url, tmp_path / name, shape, token, tags)
+        total = next(r for r in rows if r["Name"] == "Aggregated")
+        names = {r["Name"] for r in rows} - {"Aggregated"}
+        runs[name] = (done, int(total["Request Count"]), int(total["Failure Count"]), names)
+        failures = list(csv.DictReader((tmp_path / name / "loadtest_failures.csv").open()))
+        print(name, runs[name][1:], [(f["Error"], f["Occurrences"]) for f in failures])
+        assert names and all(n.startswith("/detect/synthesis8") for n in names), names
+    done, requests_with, failed_with, _ = runs["with"]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert requests_with >= 4 and failed_with == 0
+    done, requests_without, failed_without, _ = runs["without"]
+    assert done.returncode != 0  # locust's exit code on failures
+    assert requests_without >= 4 and failed_without == requests_without
+    assert all("Token Authorization failed" in f["Error"] for f in failures), failures
