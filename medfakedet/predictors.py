@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medfakedet import fastpath
+from medfakedet import checkset, fastpath
 from medfakedet.artifacts import Artifact, ArtifactError, load_artifact
 from medfakedet.imaging import (
     DecodedImage,
@@ -97,13 +97,19 @@ class _Predictor:
         if self.on_gpu:  # tensor cores like NHWC
             self.model = self.model.to(memory_format=torch.channels_last)
 
-    def use_cpu_path(self, setting: str | None) -> None:
+    def use_cpu_path(self, setting: str | None, artifact_dir: str | Path | None = None) -> None:
         """Choose the CPU path (:func:`medfakedet.fastpath.choose`; ``auto`` measures it), checked
-        against fp32 with this task's agreement score. No-op on a GPU."""
+        against fp32 with this task's agreement score on the check set stored in ``artifact_dir``
+        (:mod:`medfakedet.checkset`; seeded fields without one). No-op on a GPU."""
         if self.on_gpu:
             return
         agree, minimum, images = self.agreement_check()
-        choice = fastpath.choose(self.model, self.cfg, agree, minimum, setting, images=images)
+        stored = (
+            checkset.load(artifact_dir, self.cfg) if fastpath.requested(setting) == "auto" else None
+        )
+        choice = fastpath.choose(
+            self.model, self.cfg, agree, minimum, setting, images=images, check_set=stored
+        )
         self.cpu_path = choice.path
         self.runtime = {"device": str(self.device), **choice.as_dict()}
 
@@ -131,7 +137,7 @@ class _Predictor:
         ``cpu_path``: see :mod:`medfakedet.fastpath` (``MEDFAKEDET_CPU_PATH`` overrides it)."""
         device = select_device(device)
         predictor = cls(load_artifact(artifact_dir, device=device), device, limits)
-        predictor.use_cpu_path(cpu_path)
+        predictor.use_cpu_path(cpu_path, artifact_dir)
         return predictor
 
     @property

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from medfakedet.artifacts import ArtifactError, read_meta
+from medfakedet.checkset import CHECK_FILE
 from medfakedet.deploy.config import MODELS, REPO_ROOT, DeployError, find_tool
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -126,6 +127,9 @@ def stage_archive_files(artifact_dir: str | Path, stage_dir: str | Path) -> Path
         if not src.is_file():
             raise DeployError(f"{src} not found: {artifact_dir} is not a complete artifact")
         shutil.copy2(src, stage / name)
+    check = Path(artifact_dir) / CHECK_FILE  # optional: the CPU path's agreement check set
+    if check.is_file():
+        shutil.copy2(check, stage / CHECK_FILE)
     return stage
 
 
