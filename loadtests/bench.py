@@ -125,7 +125,7 @@ def raw_rows(artifacts: Path, plan: Plan) -> list[dict]:
     """img/s of the bare model per CPU path and batch size, and each path's agreement."""
     import torch
 
-    from medfakedet import fastpath
+    from medfakedet import checkset, fastpath
     from medfakedet.artifacts import load_artifact
     from medfakedet.predictors import DensityPredictor, Synthesis8Predictor
 
@@ -134,7 +134,10 @@ def raw_rows(artifacts: Path, plan: Plan) -> list[dict]:
         predictor = cls.from_artifact(artifacts / task, "cpu", cpu_path="fp32")
         model, cfg = load_artifact(artifacts / task).model.eval(), predictor.cfg
         agree, minimum, images = predictor.agreement_check()
-        check = fastpath.check_inputs(cfg, 32 if plan.quick else images)
+        stored = checkset.load(artifacts / task, cfg)  # the set the served check uses
+        check = stored if stored is not None else fastpath.check_inputs(cfg, images)
+        check = check[:32] if plan.quick else check
+        described = f"{len(check)} {'stored training images' if stored is not None else 'seeded'}"
         reference = fastpath.outputs(model, fastpath.PATHS["fp32"], check)
         batches = plan.batches if task == "synthesis8" else (8,) if plan.quick else (1, 8)
         for path in tqdm(fastpath.candidates(), desc=f"raw {task}", leave=False):
@@ -149,7 +152,8 @@ def raw_rows(artifacts: Path, plan: Plan) -> list[dict]:
 
                 rows.append({"model": task, "path": path.name, "batch": b,
                              "img_s": round(_rate(forward, b, plan.seconds), 1),
-                             "agreement": round(score, 4), "minimum": minimum})  # fmt: skip
+                             "agreement": round(score, 4), "minimum": minimum,
+                             "check_set": described})  # fmt: skip
         fastpath.PATHS["fp32"].prepare(model)
     return rows
 
@@ -176,8 +180,21 @@ def in_process_rows(artifacts: Path, image: SampleImage, paths: dict, plan: Plan
 
 
 # ------------------------------------------------------------------------------------ served
+def warm_up(urls: dict[str, str], image: SampleImage, requests_per_model: int = 64) -> None:
+    """Requests at c=1 and c=8 to each model of each target before anything is timed: a served
+    model is warm in use, and a fresh stack is not (the JVM compiles its hot paths during the
+    first few hundred requests, oneDNN its kernels per new batch size), which fell on whichever
+    cell came first (nginx c=1)."""
+    for target, url in urls.items():
+        route = "predictions" if target == "torchserve" else "detect"
+        for endpoint in ("synthesis8",) if target == "peer" else MODELS:
+            for level in (1, 8):
+                bench_server(url, endpoint, [image], requests_per_model // 2, level, route=route)
+
+
 def served_rows(label: str, urls: dict[str, str], image: SampleImage, plan: Plan) -> list[dict]:
     """Load at each concurrency through each of ``urls`` ({target: base URL}); density at c=8."""
+    warm_up(urls, image, 16 if plan.quick else 64)
     rows = []
     cells = [(t, "synthesis8", c) for t in urls for c in plan.levels]
     cells += [(t, "manipulation_density", 8) for t in urls if t != "peer"]
