@@ -104,9 +104,8 @@ class _Predictor:
         if self.on_gpu:
             return
         agree, minimum, images = self.agreement_check()
-        stored = (
-            checkset.load(artifact_dir, self.cfg) if fastpath.requested(setting) == "auto" else None
-        )
+        auto = fastpath.requested(setting) == fastpath.AUTO
+        stored = checkset.load(artifact_dir, self.cfg) if auto else None
         choice = fastpath.choose(
             self.model, self.cfg, agree, minimum, setting, images=images, check_set=stored
         )
