@@ -361,3 +361,17 @@ def test_medfake_dataset_degrades_with_or_without_the_paper_augmentation(
         change = float((x - clean[i][0]).abs().mean()) / 2
         assert 0.01 < change < 0.2, change  # noisy 32 px images: measured 0.02-0.06
         assert not torch.equal(both[i][0], x)  # flips / rotation on top
+
+
+def test_shortcut_rule_needs_more_than_chance() -> None:
+    """Six images per class drawn from one encode rule can sit 0.5 apart in total variation
+    (the counts below are a real build of real-dev's chest); that is chance, not a shortcut.
+    The same six with no size in common are one."""
+    from medfakedet.data.check import _differ
+
+    real = {"~128px": 3 / 6, "~181px": 1 / 6, "~64px": 1 / 6, "~91px": 1 / 6}
+    fake = {"~128px": 2 / 6, "~181px": 3 / 6, "~256px": 1 / 6}
+    assert not _differ(real, fake, 6, 6)
+    assert _differ({"~64px": 1.0}, {"~256px": 1.0}, 6, 6)
+    assert _differ({"~64px": 0.5, "~91px": 0.5}, {"~181px": 0.5, "~256px": 0.5}, 12, 12)
+    assert not _differ({"~64px": 0.5, "~91px": 0.5}, {"~64px": 0.5, "~91px": 0.5}, 12, 12)

@@ -36,8 +36,10 @@ from .medfake import SPLITS, read_manifest, scan_medfake, split_medfake
 LABEL_MASK_IOU = 0.5
 #: Real and fake of an organ differ in a file property (format, pixel mode, size in half-octave
 #: bins) when the total variation distance of its two distributions exceeds this (1: they share
-#: no value), or when one value's share differs with Fisher's exact p below SHORTCUT_P. The
-#: builder's seeded random encode (the same rule for both classes) passes both.
+#: no value) and a chi-squared test of homogeneity gives p below SHORTCUT_P (so that a handful of
+#: images per class is not flagged by chance), or when one value's share differs with Fisher's
+#: exact p below SHORTCUT_P. The builder's seeded random encode (the same rule for both classes)
+#: passes both.
 SHORTCUT_TV, SHORTCUT_P = 0.5, 0.01
 _MAX_LISTED = 20
 _CAPTIONS = {
@@ -122,11 +124,18 @@ def _marginal(stats: Counter, k: int) -> dict[str, float]:
 
 def _differ(rv: dict[str, float], fv: dict[str, float], n_real: int, n_fake: int) -> bool:
     """True when the two distributions of a file property tell real from fake."""
-    values = set(rv) | set(fv)
-    if 0.5 * sum(abs(rv.get(v, 0.0) - fv.get(v, 0.0)) for v in values) > SHORTCUT_TV:
-        return True
-    for v in values:
-        a, b = round(rv.get(v, 0.0) * n_real), round(fv.get(v, 0.0) * n_fake)
+    values = sorted(set(rv) | set(fv))
+    counts = np.array(
+        [[round(m.get(v, 0.0) * n) for v in values] for m, n in ((rv, n_real), (fv, n_fake))]
+    )
+    if len(values) > 1 and 0.5 * np.abs(counts[0] / n_real - counts[1] / n_fake).sum() > (
+        SHORTCUT_TV
+    ):
+        # A large distance between two small samples is often chance: it must also be unlikely
+        # under one shared distribution (chi-squared test of homogeneity).
+        if stats.chi2_contingency(counts).pvalue < SHORTCUT_P:
+            return True
+    for a, b in counts.T:
         if stats.fisher_exact([[a, n_real - a], [b, n_fake - b]]).pvalue < SHORTCUT_P:
             return True
     return False
