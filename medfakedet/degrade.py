@@ -28,6 +28,9 @@ SCALE_RANGE: tuple[float, float] = (0.5, 2.0)
 #: Training source changes (:class:`Degradation`): gamma (log-uniform) and zoom ranges.
 GAMMA_RANGE: tuple[float, float] = (0.5, 2.0)
 ZOOM_RANGE: tuple[float, float] = (1.0, 1.4)
+#: Window source change: the share of the image's gray range (above the window's floor) that the
+#: new window spans, drawn log-uniformly (0.15: a narrow mediastinal-like window).
+WINDOW_WIDTH: tuple[float, float] = (0.15, 1.0)
 
 
 def resample(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -166,6 +169,11 @@ class Degradation:
     gamma_range: tuple[float, float] = GAMMA_RANGE
     zoom_p: float = 0.0
     zoom_range: tuple[float, float] = ZOOM_RANGE
+    # Another intensity window (a CT re-windowed, an X-ray with other processing): a linear
+    # stretch of a random gray interval to [0, 1], clipped. Its floor is drawn in the lower half
+    # of the image's gray range, its width as a share of the rest (``window_width``).
+    window_p: float = 0.0
+    window_width: tuple[float, float] = WINDOW_WIDTH
 
     def __post_init__(self) -> None:
         problems = [
@@ -177,6 +185,7 @@ class Degradation:
                 ("noise_p", self.noise_p),
                 ("gamma_p", self.gamma_p),
                 ("zoom_p", self.zoom_p),
+                ("window_p", self.window_p),
             )
             if not 0.0 <= p <= 1.0
         ]
@@ -187,11 +196,14 @@ class Degradation:
             ("noise_sigma", self.noise_sigma, 0.0),
             ("gamma_range", self.gamma_range, 0.1),
             ("zoom_range", self.zoom_range, 1.0),
+            ("window_width", self.window_width, 0.01),
         ):
             if not floor <= lo <= hi:
                 problems.append(f"{name} must be a range lo <= hi with lo >= {floor}")
         if self.jpeg_quality[1] > 100:
             problems.append("jpeg_quality must stay <= 100")
+        if self.window_width[1] > 1.0:
+            problems.append("window_width must stay <= 1")
         if problems:
             raise ValueError("invalid degradation: " + "; ".join(problems))
 
@@ -200,15 +212,17 @@ class Degradation:
         return max(self.jpeg_p, self.blur_p, self.resize_p, self.noise_p, *self._source_ps) > 0
 
     @property
-    def _source_ps(self) -> tuple[float, float]:
-        return self.gamma_p, self.zoom_p
+    def _source_ps(self) -> tuple[float, float, float]:
+        return self.gamma_p, self.zoom_p, self.window_p
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Degrade (C, H, W) ``x`` in [0, 1]; every draw comes from ``generator``."""
         # Decisions and parameters are drawn up front, so one op firing never shifts the others
         # (the source changes' draws only when they are on: the other draws stay as they were).
-        if max(self._source_ps) > 0:
+        if max(self.gamma_p, self.zoom_p) > 0:
             x = self._source_change(x, torch.rand(6, generator=generator, dtype=torch.float64))
+        if self.window_p > 0:  # its own draws: presets without it keep their random streams
+            x = self._window(x, torch.rand(3, generator=generator, dtype=torch.float64).tolist())
         u = torch.rand(8, generator=generator, dtype=torch.float64).tolist()
 
         def within(r: tuple[float, float], t: float) -> float:
@@ -240,3 +254,16 @@ class Degradation:
             lo, hi = math.log(self.gamma_range[0]), math.log(self.gamma_range[1])
             x = x.clamp(0.0, 1.0) ** math.exp(lo + (hi - lo) * v[5])
         return x
+
+    def _window(self, x: torch.Tensor, v: list[float]) -> torch.Tensor:
+        """Another intensity window, as the draws ``v`` (3 in [0, 1)) say."""
+        if v[0] >= self.window_p:
+            return x
+        x = x.clamp(0.0, 1.0)
+        x_min, x_max = float(x.amin()), float(x.amax())
+        if x_max - x_min < 1e-3:
+            return x
+        floor = x_min + (x_max - x_min) * 0.5 * v[1]
+        lo, hi = math.log(self.window_width[0]), math.log(self.window_width[1])
+        width = (x_max - floor) * math.exp(lo + (hi - lo) * v[2])
+        return ((x - floor) / max(width, 1e-3)).clamp(0.0, 1.0)

@@ -209,3 +209,29 @@ def test_sixteen_bit_png_keeps_more_than_eight_bits() -> None:
     levels = np.unique(np.rint(pixels * 65535))
     # The resampled values between the 8-bit steps are kept: measured 384 levels (8-bit: 256).
     assert len(levels) > 300
+
+
+def test_source_change_window() -> None:
+    """Another intensity window: a linear stretch of a gray interval, clipped, drawn from the
+    generator after the other source changes, which keep their draws."""
+    x = _scan()
+    g = torch.Generator
+    # Full width with its floor at the image's minimum: a min-max stretch.
+    v = torch.rand(3, generator=g().manual_seed(3), dtype=torch.float64).tolist()
+    full = Degradation(window_p=1.0, window_width=(1.0, 1.0))(x, g().manual_seed(3))
+    floor = float(x.amin()) + float(x.amax() - x.amin()) * 0.5 * v[1]
+    assert torch.allclose(full, ((x - floor) / (float(x.amax()) - floor)).clamp(0, 1))
+    # A narrow window: most grays end at 0 or 1, the order of the others is kept.
+    narrow = Degradation(window_p=1.0, window_width=(0.15, 0.15))(x, g().manual_seed(4))
+    assert float(((narrow == 0) | (narrow == 1)).float().mean()) > 0.5
+    order = torch.argsort(x.flatten())
+    assert bool((narrow.flatten()[order].diff() >= 0).all())  # monotone: grays keep their order
+    # Off (the default): presets with gamma and zoom draw exactly as before.
+    src = Degradation(gamma_p=0.5, zoom_p=0.5, noise_p=1.0)
+    off = Degradation(gamma_p=0.5, zoom_p=0.5, noise_p=1.0, window_p=0.0)
+    assert torch.equal(src(x, g().manual_seed(5)), off(x, g().manual_seed(5)))
+    assert Degradation(window_p=0.1).active
+    with pytest.raises(ValueError, match="window_width must stay <= 1"):
+        Degradation(window_width=(0.5, 1.5))
+    d = Synthesis8Config(aug_window_p=0.3, aug_window_width=(0.2, 0.9)).degradation()
+    assert (d.window_p, d.window_width) == (0.3, (0.2, 0.9))

@@ -3,7 +3,7 @@
 ``Synthesis8Config`` and ``LocalizerConfig`` inherit :class:`DegradationFields`; the trainer
 hands :meth:`DegradationFields.degradation` to the train split only, where
 :class:`medfakedet.degrade.Degradation` applies down-up resize, blur, noise and JPEG
-recompression at random, after the source changes (gamma, zoom) when those are on (every
+recompression at random, after the source changes (gamma, zoom, window) when those are on (every
 draw from the item's generator, so runs are reproducible). All probabilities 0 (the
 default): no degradation, the paper's recipe.
 """
@@ -16,6 +16,7 @@ from medfakedet.degrade import (
     GAMMA_RANGE,
     JPEG_QUALITY_RANGE,
     SCALE_RANGE,
+    WINDOW_WIDTH,
     ZOOM_RANGE,
     Degradation,
 )
@@ -37,6 +38,8 @@ class DegradationFields:
     aug_gamma_range: tuple[float, float] = GAMMA_RANGE  # log-uniform exponent
     aug_zoom_p: float = 0.0  # another field of view: a random crop resized back
     aug_zoom_range: tuple[float, float] = ZOOM_RANGE  # log-uniform, 1/z of each side kept
+    aug_window_p: float = 0.0  # another intensity window (a CT re-windowed): a linear stretch
+    aug_window_width: tuple[float, float] = WINDOW_WIDTH  # share of the gray range, log-uniform
 
     def degradation_problems(self) -> list[str]:
         """What is wrong with these fields, for the config's ``validate`` ([] when fine)."""
@@ -61,4 +64,6 @@ class DegradationFields:
             gamma_range=tuple(self.aug_gamma_range),
             zoom_p=self.aug_zoom_p,
             zoom_range=tuple(self.aug_zoom_range),
+            window_p=self.aug_window_p,
+            window_width=tuple(self.aug_window_width),
         )
