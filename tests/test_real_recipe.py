@@ -18,7 +18,15 @@ from training.config import apply_overrides
 from training.evaluate import evaluate_artifact
 from training.external import external_check
 from training.external import main as external_main
-from training.pipeline import Job, main, needs_build, run_jobs, task_overrides, trainer_configs
+from training.pipeline import (
+    Job,
+    built_real_dir,
+    main,
+    needs_build,
+    run_jobs,
+    task_overrides,
+    trainer_configs,
+)
 from training.real_report import acceptance, render
 from training.train_synthesis8 import Synthesis8Config, train
 
@@ -70,7 +78,8 @@ def test_data_is_rebuilt_only_for_another_real_folder(tmp_path: Path) -> None:
     assert needs_build(embedded, real)
     assert not needs_build(from_real, real)
     assert needs_build(from_real, tmp_path / "other")
-    assert needs_build(from_real, None)
+    assert not needs_build(from_real, None)  # used as it is: never replaced by phantoms
+    assert built_real_dir(from_real) == real and built_real_dir(embedded) is None
     foreign = tmp_path / "paper"  # a dataset the builder did not write (no build.json)
     write_build(foreign, None, build_json=False)
     assert not needs_build(foreign, None)
@@ -97,6 +106,12 @@ def test_pipeline_cli_refuses_bad_options_before_building(
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+    # A real build whose scans are gone: the folder is asked for, the data is left alone.
+    write_build(tmp_path / "built", str(tmp_path / "moved"))
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path / "built")])
+    assert "which is gone: give --real-dir" in capsys.readouterr().err
+    assert (tmp_path / "built" / "build.json").is_file()
 
 
 def serve_artifacts(*args: str, env: dict[str, str] | None = None) -> str:

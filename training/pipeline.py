@@ -8,7 +8,8 @@ models, evaluate both, and write a summary with the machine and the time of ever
 Existing artifacts are kept unless ``--force`` (so ``make serve`` trains only when no model
 exists); the reports are always rewritten. With ``--real-dir`` the data is built around that
 folder of real scans (``python -m medfakedet.data build --real-dir DIR``), and rebuilt when
-``--data`` holds a build of another folder. ``--set KEY=VALUE`` overrides both trainers'
+``--data`` holds a build of another folder; without it, a real build in ``--data`` is used as it
+is, around the folder its ``build.json`` names. ``--set KEY=VALUE`` overrides both trainers'
 presets; ``--set synthesis8.KEY=VALUE`` / ``--set localizer.KEY=VALUE`` one of them.
 """
 
@@ -19,6 +20,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -47,30 +49,38 @@ def has_data(data: Path) -> bool:
     return (data / "medfake").is_dir() and (data / "medfakeinpaint" / "images").is_dir()
 
 
+def built_real_dir(data: Path) -> Path | None:
+    """The real-scan folder ``data`` was built around (its ``build.json``), None for a phantom
+    build, a dataset the builder did not write, or none at all."""
+    try:
+        built_from = json.loads((data / "build.json").read_text())["args"].get("real_dir")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return Path(built_from) if built_from else None
+
+
 def needs_build(data: Path, real_dir: Path | None) -> bool:
     """True when ``data`` holds no dataset, a build of another real folder than ``real_dir``, or
-    a real build split otherwise than REAL_INPAINT_FRACTIONS (a dataset not made by the builder
-    is never replaced)."""
+    a real build split otherwise than REAL_INPAINT_FRACTIONS. Without ``real_dir`` any dataset
+    there is used as it is: a real build is never replaced by phantoms because a command left
+    out ``--real-dir`` (:func:`main` then reads the folder from ``build.json``), and a dataset
+    not made by the builder is never replaced."""
     if not has_data(data):
         return True
+    if real_dir is None:
+        return False
     try:
         args = json.loads((data / "build.json").read_text())["args"]
         built_from, shares = args.get("real_dir"), args.get("inpaint_fractions")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        if real_dir is None:
-            return False
         raise ValueError(
             f"{data} holds a dataset that was not built from {real_dir}; give another --data"
         ) from None
-    same = (built_from is None and real_dir is None) or (
-        built_from is not None and real_dir is not None
-        and Path(built_from).resolve() == real_dir.resolve()
-    )  # fmt: skip
+    same = built_from is not None and Path(built_from).resolve() == real_dir.resolve()
     # A real build of before REAL_INPAINT_FRACTIONS (20 untouched test slices) is rebuilt.
     from medfakedet.data.inpaint import REAL_INPAINT_FRACTIONS
 
-    old_split = real_dir is not None and shares is not None
-    old_split = old_split and not np.allclose(shares, REAL_INPAINT_FRACTIONS)
+    old_split = shares is not None and not np.allclose(shares, REAL_INPAINT_FRACTIONS)
     return not same or old_split
 
 
@@ -335,6 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.real_dir is not None and not args.real_dir.is_dir():
         p.error(f"--real-dir {args.real_dir} is not a folder")
+    if args.real_dir is None and (built := built_real_dir(Path(args.data))) is not None:
+        if not built.is_dir():
+            p.error(f"{args.data} was built around {built}, which is gone: give --real-dir")
+        args.real_dir = built
+        print(f"{args.data} was built around {built}: using it as --real-dir", file=sys.stderr)
     try:
         trainer_configs(args.config, args.set)
         needs_build(Path(args.data), args.real_dir)
