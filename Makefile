@@ -86,10 +86,6 @@ train-real: setup
 		$(foreach s,$(TRAIN_SET),--set $(s)) --jobs $(TRAIN_JOBS) --report-md $(REAL_REPORTS).md \
 		$(if $(wildcard $(REAL_VAL)),--real-val $(REAL_VAL)) $(if $(wildcard $(FAKE_VAL)),--fake-val $(FAKE_VAL)) \
 		--default-artifact $(ARTIFACTS)/synthesis8
-	# The CPU path's agreement check set (issue #12, medfakedet/checkset.py): training images.
-	$(PY) -m medfakedet.checkset --artifact $(REAL_ARTIFACTS)/synthesis8 --images $(REAL_DATA)/medfake
-	$(PY) -m medfakedet.checkset --artifact $(REAL_ARTIFACTS)/manipulation_density \
-		--images $(REAL_DATA)/medfakeinpaint/images --count 128
 	@echo "real-scan models in $(REAL_ARTIFACTS)/ (make serve serves them), report in $(REAL_REPORTS).md"
 
 evaluate: setup

@@ -6,13 +6,13 @@ sit near decision boundaries that real scans seldom visit (bf16 of the real-scan
 97.5 % top-1 agreement on 200 noise fields, 100 % on the 1,029 scans of real-dev). So the set is
 real training images: ``check_set.safetensors`` in the artifact folder (tensor ``pixels``,
 uint8, (N, C, size, size) at the model's size, not normalised; C = 1 for gray scans), a seeded
-sample of the images the model was trained on (real scans and the builder's fakes), written by
+sample of the images the model was trained on (real scans and the builder's fakes). The trainer
+writes it with the artifact (``training/trainer.py``, :func:`write`); for an artifact made
+elsewhere:
 
     python -m medfakedet.checkset --artifact artifacts-real/synthesis8 --images data/real/medfake
-    python -m medfakedet.checkset --artifact artifacts-real/manipulation_density \\
-        --images data/real/medfakeinpaint/images --count 128
 
-and packed into the model archive next to the weights. An artifact without it falls back to
+It is packed into the model archive next to the weights. An artifact without it falls back to
 :func:`medfakedet.fastpath.check_inputs` (the seeded fields).
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +40,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 def sample_files(roots: Sequence[Path], count: int, seed: int = 0) -> list[Path]:
     """A seeded sample of ``count`` image files under ``roots`` (all of them if fewer), in a
     seeded order (the first k of the set are a fair sample too)."""
-    files = sorted(
-        {f for r in roots for f in Path(r).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES}
-    )
+    files = {f for r in roots for f in Path(r).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES}
     if not files:
         raise ValueError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {list(map(str, roots))}")
-    order = np.random.default_rng(seed).permutation(len(files))[:count]
-    return [files[i] for i in order]
+    return sample(files, count, seed)
+
+
+def sample(files: Iterable[Path], count: int, seed: int = 0) -> list[Path]:
+    """A seeded sample of ``count`` of ``files`` (all if fewer), in a seeded order."""
+    ordered = sorted(set(files))
+    order = np.random.default_rng(seed).permutation(len(ordered))[:count]
+    return [ordered[i] for i in order]
 
 
 def build(files: Sequence[Path], cfg: PreprocessConfig) -> torch.Tensor:
@@ -70,6 +74,13 @@ def save(artifact_dir: str | Path, pixels: torch.Tensor) -> Path:
     path = Path(artifact_dir) / CHECK_FILE
     save_file({"pixels": pixels.contiguous()}, str(path))
     return path
+
+
+def write(
+    artifact_dir: str | Path, files: Iterable[Path], cfg: PreprocessConfig, count: int, seed: int
+) -> Path:
+    """Sample ``count`` of ``files`` (the training images) and store them as the check set."""
+    return save(artifact_dir, build(sample(files, count, seed), cfg))
 
 
 def load(artifact_dir: str | Path | None, cfg: PreprocessConfig) -> torch.Tensor | None:
@@ -96,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = PreprocessConfig.from_dict(read_meta(args.artifact)["preprocess"])
     files = sample_files(args.images, args.count, args.seed)
-    path = save(args.artifact, build(files, cfg))
+    path = save(args.artifact, build(files, cfg))  # the trainer's write(), from folders
     print(f"wrote {path}: {len(files)} images from {[str(r) for r in args.images]}")
     return 0
 

@@ -11,8 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 import training.loop
+from medfakedet import checkset
 from medfakedet.artifacts import load_artifact, read_meta
 from medfakedet.metrics import negative_log_likelihood
+from medfakedet.preprocess import PreprocessConfig, normalize
 from training.calibration import calibrate_localizer
 from training.checkpoint import (
     Resumable,
@@ -372,3 +374,31 @@ def test_pipeline_reports_the_recorded_time_of_reused_stages(tmp_path):
     assert recorded_seconds(tmp_path / "missing.json", ("seconds",)) is None
     assert stage_cell(None, 222.4) == "222.4 (recorded when made, reused here)"
     assert stage_cell(None, None) == "reused" and stage_cell(12.34, None) == "12.3"
+
+
+def test_the_trainer_stores_a_check_set_of_its_training_images(trained_artifacts):
+    """The CPU path's check set (issue #12) is written with the artifact, from the images it
+    was trained on, decoded as served, at the model's size: every trained model carries one."""
+    from medfakedet.data.inpaint import MedFakeInpaintDataset
+    from medfakedet.data.medfake import MedFakeDataset
+
+    for task, reader, count in (
+        ("synthesis8", MedFakeDataset, checkset.DEFAULT_COUNT),
+        ("manipulation_density", MedFakeInpaintDataset, 128),
+    ):
+        art = trained_artifacts[task]
+        meta = read_meta(art)
+        cfg = PreprocessConfig.from_dict(meta["preprocess"])
+        config = meta["training"]["config"]
+        stored = checkset.load(art, cfg)
+        assert stored is not None and 0 < len(stored) <= count
+        rows = {}
+        for split in ("train", "val", "test"):
+            ds = reader(meta["training"]["data"], split, cfg, split_mode=config["split_mode"],
+                        seed=config["seed"])  # fmt: skip
+            pixels = checkset.build([ds.image_path(i) for i in range(len(ds))], cfg)
+            x = normalize(pixels.expand(-1, cfg.channels, -1, -1).float() / 255.0, cfg)
+            rows[split] = {row.numpy().tobytes() for row in x}
+        found = {row.numpy().tobytes() for row in stored}
+        assert found <= rows["train"], task  # training images only
+        assert found - rows["val"] - rows["test"], task  # not val or test ones (blank ones aside)

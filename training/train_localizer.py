@@ -205,6 +205,8 @@ class LocalizerTask(TrainingTask):
 
     task = TASK
     layout = "medfakeinpaint"
+    #: 128: the localizer's forward is the slower one, and the check runs at every start.
+    check_set_count = 128
 
     def __init__(self, cfg: LocalizerConfig) -> None:
         super().__init__(cfg)

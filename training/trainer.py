@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from medfakedet import checkset
 from medfakedet.artifacts import save_artifact
 from medfakedet.data.paths import resolve_data_root
 from medfakedet.pretrained import InitError, initialize
@@ -56,6 +57,8 @@ class TrainingTask(ABC):
     #: The artifact's task name and the dataset folder (``medfake`` / ``medfakeinpaint``).
     task: ClassVar[str]
     layout: ClassVar[str]
+    #: Training images stored as the CPU path's check set (:mod:`medfakedet.checkset`).
+    check_set_count: ClassVar[int] = checkset.DEFAULT_COUNT
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -240,6 +243,14 @@ def train_task(
         **task.artifact_info(),
     )
     write_json(run.out / "config.json", config)
+    # The CPU path's agreement check set (issue #12): a sample of the images trained on.
+    checkset.write(
+        run.out,
+        (run.train.image_path(i) for i in train_idx),
+        cfg.preprocess(),
+        task.check_set_count,
+        cfg.seed,
+    )
     summary = task.summary(calibration, val_summary)
     print(f"saved {run.out}: {summary}, {training['total_seconds']:.0f} s", file=sys.stderr)
     return run.out

@@ -253,6 +253,12 @@ class MedFakeInpaintDataset(SplitDataset):
     def _path(self, subdir: str, image_id: str) -> Path | None:
         return self._files[subdir].get(image_id)
 
+    def image_path(self, index: int) -> Path:
+        path = self._path("images", self.ids[index])
+        if path is None:
+            raise FileNotFoundError(f"{self.root / 'images'} has no file for ID {self.ids[index]!r}")
+        return path
+
     def _gray(self, subdir: str, image_id: str) -> np.ndarray:
         path = self._path(subdir, image_id)
         if path is None:

@@ -285,6 +285,10 @@ class SplitDataset(Dataset):
         """The augmentation generator of item ``index`` in the current epoch."""
         return torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
 
+    def image_path(self, index: int) -> Path:
+        """The image file of item ``index``."""
+        raise NotImplementedError
+
 
 class MedFakeDataset(SplitDataset):
     """MedFake images of one split as ``(tensor (C, S, S), class index)``.
@@ -336,6 +340,9 @@ class MedFakeDataset(SplitDataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def image_path(self, index: int) -> Path:
+        return self.samples[index].path
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
