@@ -50,7 +50,9 @@ def test_real_presets_resolve_with_overrides() -> None:
     assert s8.max_minutes >= 45 and loc.max_minutes is None
     # Another display curve and field of view: the organ head and the in-distribution check see
     # other sources' windows and crops (the localizer's maps would not follow a zoom).
-    assert min(s8.aug_gamma_p, s8.aug_zoom_p) > 0 and loc.aug_zoom_p == 0
+    assert min(s8.aug_gamma_p, s8.aug_zoom_p, s8.aug_window_p) > 0 and loc.aug_zoom_p == 0
+    # The subtler fakes differ in fine texture: more pixels than the paper's 128 (session 19).
+    assert s8.size == 192 and s8.preprocess().size == 192
     # Both degrade training images so that re-encoding carries no label.
     assert min(s8.aug_jpeg_p, loc.aug_jpeg_p, s8.aug_resize_p, loc.aug_resize_p) > 0
     assert s8.init == loc.init == "scratch"
