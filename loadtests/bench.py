@@ -26,6 +26,7 @@ one (then there are no batching-off rows).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import subprocess
@@ -35,8 +36,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psutil
 import requests
 from PIL import Image
 from tqdm import tqdm
@@ -134,10 +137,13 @@ def raw_rows(artifacts: Path, plan: Plan) -> list[dict]:
         predictor = cls.from_artifact(artifacts / task, "cpu", cpu_path="fp32")
         model, cfg = load_artifact(artifacts / task).model.eval(), predictor.cfg
         agree, minimum, images = predictor.agreement_check()
-        stored = checkset.load(artifacts / task, cfg)  # the set the served check uses
-        check = stored if stored is not None else fastpath.check_inputs(cfg, images)
-        check = check[:32] if plan.quick else check
-        described = f"{len(check)} {'stored training images' if stored is not None else 'seeded'}"
+        # The set the served check uses: the artifact's stored images, else seeded fields.
+        check, described = fastpath.agreement_inputs(
+            cfg, checkset.load(artifacts / task, cfg), images
+        )
+        if plan.quick:
+            check = check[:32]
+            described = f"{len(check)} of {described}"
         reference = fastpath.outputs(model, fastpath.PATHS["fp32"], check)
         batches = plan.batches if task == "synthesis8" else (8,) if plan.quick else (1, 8)
         for path in tqdm(fastpath.candidates(), desc=f"raw {task}", leave=False):
@@ -192,19 +198,63 @@ def warm_up(urls: dict[str, str], image: SampleImage, requests_per_model: int = 
                 bench_server(url, endpoint, [image], requests_per_model // 2, level, route=route)
 
 
-def served_rows(label: str, urls: dict[str, str], image: SampleImage, plan: Plan) -> list[dict]:
-    """Load at each concurrency through each of ``urls`` ({target: base URL}); density at c=8."""
+#: Who spends the CPU of a served request: the load generator (this process), nginx, the
+#: TorchServe frontend (Java) and the model workers (Python). On a 2-core machine they share the
+#: cores, so the served ceiling is cores / (their CPU seconds per request).
+ROLES = ("client", "nginx", "frontend", "workers")
+
+
+def stack_processes(stack: Any) -> dict[str, list[psutil.Process]]:
+    """The processes of a started stack by role (:data:`ROLES`), for CPU accounting."""
+    torchserve = psutil.Process(stack.torchserve_pid)
+    below = torchserve.children(recursive=True)
+    workers = [p for p in below if "model_service_worker" in " ".join(p.cmdline())]
+    nginx = psutil.Process(stack.nginx_pid) if stack.nginx_pid else None
+    return {
+        "client": [psutil.Process()],
+        "nginx": [nginx, *nginx.children(recursive=True)] if nginx else [],
+        "frontend": [torchserve, *(p for p in below if p not in workers)],
+        "workers": workers,
+    }
+
+
+def cpu_seconds(groups: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    """User + system CPU seconds so far of each role's processes (all their threads)."""
+    out = {}
+    for role, procs in groups.items():
+        out[role] = 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                out[role] += t.user + t.system
+    return out
+
+
+def served_rows(
+    label: str,
+    urls: dict[str, str],
+    image: SampleImage,
+    plan: Plan,
+    processes: dict[str, list[psutil.Process]] | None = None,
+) -> list[dict]:
+    """Load at each concurrency through each of ``urls`` ({target: base URL}); density at c=8.
+    With ``processes`` (:func:`stack_processes`), each row adds the CPU milliseconds a request
+    cost each role (``cpu_ms_<role>``)."""
     warm_up(urls, image, 16 if plan.quick else 64)
     rows = []
     cells = [(t, "synthesis8", c) for t in urls for c in plan.levels]
     cells += [(t, "manipulation_density", 8) for t in urls if t != "peer"]
     for target, endpoint, level in tqdm(cells, desc=f"served ({label})", leave=False):
         route = "predictions" if target == "torchserve" else "detect"
+        before = cpu_seconds(processes or {})
         row = bench_server(urls[target], endpoint, [image], plan.requests, level, route=route)
+        spent = {k: v - before[k] for k, v in cpu_seconds(processes or {}).items()}
         rows.append({"target": target, "batching": label, "model": endpoint,
                      "concurrency": level, "requests": row.requests, "errors": row.errors,
                      "p50_ms": row.p50_ms, "p99_ms": row.p99_ms, "rps": row.throughput_rps,
-                     "first_error": row.first_error})  # fmt: skip
+                     "first_error": row.first_error,
+                     **{f"cpu_ms_{k}": round(1000 * v / max(row.requests, 1), 2)
+                        for k, v in spent.items()}})  # fmt: skip
     return rows
 
 
@@ -240,7 +290,7 @@ def with_stack(label: str, artifacts: Path, work: Path, batching: bool, image, p
     try:
         urls = {"nginx": stack.base_url, "torchserve": stack.inference_url}
         runtime = served_paths(stack.management_url)
-        return served_rows(label, urls, image, plan), runtime
+        return served_rows(label, urls, image, plan, stack_processes(stack)), runtime
     finally:
         stop(log_dir)
 
@@ -261,7 +311,8 @@ def with_peer(artifacts: Path, image: SampleImage, plan: Plan) -> list[dict]:
                     break
             except requests.RequestException:
                 time.sleep(0.5)
-        return served_rows("none", {"peer": url}, image, plan)
+        processes = {"client": [psutil.Process()], "workers": [psutil.Process(proc.pid)]}
+        return served_rows("none", {"peer": url}, image, plan, processes)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

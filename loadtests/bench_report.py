@@ -76,6 +76,25 @@ def targets(doc: dict) -> list[dict]:
     return rows
 
 
+CPU_COLUMNS = ["target", "batching", "model", "concurrency", "client", "nginx", "frontend",
+               "workers", "total", "ceiling_rps", "rps"]  # fmt: skip
+
+
+def cpu_rows(served: list[dict], cores: int | None) -> list[dict]:
+    """Per served row with CPU accounting: ms of CPU per request by role, their total, and the
+    rate at which the cores would be full (``cores * 1000 / total``)."""
+    rows = []
+    for r in served:
+        roles = {k[len("cpu_ms_") :]: v for k, v in r.items() if k.startswith("cpu_ms_")}
+        if not roles:
+            continue
+        total = sum(roles.values())
+        ceiling = round(cores * 1000 / total, 1) if cores and total else None
+        rows.append({**{k: r[k] for k in ("target", "batching", "model", "concurrency", "rps")},
+                     **roles, "total": round(total, 2), "ceiling_rps": ceiling})  # fmt: skip
+    return rows
+
+
 def write_report(doc: dict, out: Path) -> None:
     """Write the Markdown report of ``doc`` (what :func:`loadtests.bench.run` returns)."""
     machine = doc["machine"]
@@ -129,6 +148,14 @@ def write_report(doc: dict, out: Path) -> None:
                 "rps",
             ],  # fmt: skip
         ),
+        "## CPU time per served request, by process (ms, all threads)",
+        "",
+        "The load generator (`client`, this benchmark), nginx, TorchServe's Java `frontend` and "
+        "the Python model `workers` share the machine's cores: the served rate cannot exceed "
+        "cores x 1000 / `total` requests a second, whatever the batching. `workers` includes "
+        "the threads that wait for work (oneDNN's spin).",
+        "",
+        *_table(cpu_rows(doc["served"], doc["machine"].get("cpu_cores")), CPU_COLUMNS),
         "## Targets of issue #12",
         "",
         *_table(targets(doc), ["target", "measured", "bound", "result", "how"]),

@@ -234,13 +234,22 @@ def choose(
     if name != AUTO:
         choice = PathChoice(PATHS[name], f"forced by {CPU_PATH_ENV} or cpu_path")
     else:
-        stored = check_set is not None and len(check_set) > 0
-        x = check_set if stored else check_inputs(cfg, images)
+        x, choice_set = agreement_inputs(cfg, check_set, images)
         choice = _measure(model, x, agree, minimum, paths or candidates())
-        choice.check_set = f"{len(x)} {'stored training images' if stored else 'seeded fields'}"
+        choice.check_set = choice_set
     choice.path.prepare(model)
     logger.info("CPU path %s (%s): %s", choice.path.name, choice.reason, choice.as_dict())
     return choice
+
+
+def agreement_inputs(
+    cfg: PreprocessConfig, check_set: torch.Tensor | None, images: int = CHECK_IMAGES
+) -> tuple[torch.Tensor, str]:
+    """The inputs a candidate path is checked on, and their description: the artifact's stored
+    ``check_set`` when it has images, else ``images`` seeded fields (:func:`check_inputs`)."""
+    if check_set is not None and len(check_set) > 0:
+        return check_set, f"{len(check_set)} stored training images"
+    return check_inputs(cfg, images), f"{images} seeded fields"
 
 
 def _measure(model, x: torch.Tensor, agree, minimum, paths: list[CpuPath]) -> PathChoice:

@@ -29,8 +29,15 @@ def test_quick_bench_writes_every_table_and_the_targets(stack, tmp_path):
     # the in-process predictors run on the path the served models chose at load
     chosen = {m: r["cpu_path"] for m, r in doc["served_runtime"].items()}
     assert {r["model"]: r["path"] for r in doc["in_process"]} == chosen
+    # CPU accounting where the benchmark started the server (the peer here; its own stacks in a
+    # full run): each request cost the client and the server some CPU, the server more.
+    peer = [r for r in doc["served"] if r["target"] == "peer"]
+    assert all(0 < r["cpu_ms_client"] < r["cpu_ms_workers"] for r in peer), peer
     text = out.read_text()
-    for heading in ("## Machine", "## Raw forward", "## Served", "## Targets of issue #12"):
+    for heading in ("## Machine", "## Raw forward", "## Served", "## CPU time per served request",
+                    "## Targets of issue #12"):  # fmt: skip
         assert heading in text
+    cpu = text.split("## CPU time per served request")[1].split("## Targets")[0]
+    assert cpu.count("| peer | none | synthesis8 |") == len(peer)
     targets = text.split("## Targets of issue #12")[1].split("## GPU")[0]
     assert targets.count("| met |") + targets.count("| MISSED |") == 8, targets
