@@ -214,6 +214,10 @@ def torchserve_env(cfg: StackConfig) -> dict[str, str]:
     tmp = cfg.run_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     return {
+        # numpy's OpenBLAS threads beside torch's oversubscribe the cores: a numpy matrix product
+        # in the served path doubled synthesis8's c=1 latency on 2 cores (issue #12). The served
+        # path has none now; this keeps a new one from bringing it back. The caller's value wins.
+        "OPENBLAS_NUM_THREADS": "1",
         **os.environ,
         **java_env(),
         # TorchServe's pid file ($TMPDIR), worker sockets and unpacked archives (TEMP ->

@@ -6,12 +6,14 @@ import base64
 import csv
 import io
 import json
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jsonschema
 import numpy as np
+import psutil
 import pytest
 import requests
 from dicom_files import dicom_bytes
@@ -384,6 +386,19 @@ def test_workers_import_the_archived_package(stack):
     for _, dirs in lines:
         for d in json.loads(dirs.replace("'", '"')):
             assert not Path(d).is_relative_to(REPO), f"worker imported the source tree: {d}"
+
+
+def test_workers_run_numpy_s_blas_on_one_thread(stack):
+    """numpy's OpenBLAS threads beside torch's oversubscribe the cores (issue #12): every model
+    worker starts with OPENBLAS_NUM_THREADS=1 unless the caller's environment says otherwise."""
+    workers = [
+        p
+        for p in psutil.Process(stack.stack.torchserve_pid).children(recursive=True)
+        if "model_service_worker" in " ".join(p.cmdline())
+    ]
+    assert len(workers) >= 2  # one per model at least
+    expected = os.environ.get("OPENBLAS_NUM_THREADS", "1")
+    assert {w.environ().get("OPENBLAS_NUM_THREADS") for w in workers} == {expected}
 
 
 def _refused(r: requests.Response) -> bool:
