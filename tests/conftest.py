@@ -9,6 +9,8 @@ deterministic; the first test that asks pays for them.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +45,21 @@ QUICK_FLOORS = {
     "presence_precision": 0.90,
     "box_f1_iou_0.5": 0.80,
 }
+
+
+#: About what a full run writes under the temp dir at its peak (builds, archives, model stores).
+FULL_RUN_TEMP_GB = 2.5
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say how much room the temp dir has: a full disk shows up as dozens of unrelated errors
+    ("could not create numbered dir", torch.save's "unexpected pos"), so name it up front."""
+    temp = tempfile.gettempdir()
+    free_gb = shutil.disk_usage(temp).free / 2**30
+    line = f"temp dir {temp}: {free_gb:.1f} GB free (a full run writes about {FULL_RUN_TEMP_GB} GB)"
+    if free_gb < 2 * FULL_RUN_TEMP_GB:
+        line += " -- LOW: tests that write builds or archives may fail for lack of space"
+    return line
 
 
 @pytest.fixture(scope="session")
