@@ -240,15 +240,16 @@ def served_rows(
     """Load at each concurrency through each of ``urls`` ({target: base URL}); density at c=8.
     With ``processes`` (:func:`stack_processes`), each row adds the CPU milliseconds a request
     cost each role (``cpu_ms_<role>``)."""
+    processes = processes or {}
     warm_up(urls, image, 16 if plan.quick else 64)
     rows = []
     cells = [(t, "synthesis8", c) for t in urls for c in plan.levels]
     cells += [(t, "manipulation_density", 8) for t in urls if t != "peer"]
     for target, endpoint, level in tqdm(cells, desc=f"served ({label})", leave=False):
         route = "predictions" if target == "torchserve" else "detect"
-        before = cpu_seconds(processes or {})
+        before = cpu_seconds(processes)
         row = bench_server(urls[target], endpoint, [image], plan.requests, level, route=route)
-        spent = {k: v - before[k] for k, v in cpu_seconds(processes or {}).items()}
+        spent = {k: v - before[k] for k, v in cpu_seconds(processes).items()}
         rows.append({"target": target, "batching": label, "model": endpoint,
                      "concurrency": level, "requests": row.requests, "errors": row.errors,
                      "p50_ms": row.p50_ms, "p99_ms": row.p99_ms, "rps": row.throughput_rps,

@@ -209,11 +209,8 @@ class Degradation:
 
     @property
     def active(self) -> bool:
-        return max(self.jpeg_p, self.blur_p, self.resize_p, self.noise_p, *self._source_ps) > 0
-
-    @property
-    def _source_ps(self) -> tuple[float, float, float]:
-        return self.gamma_p, self.zoom_p, self.window_p
+        ps = (self.jpeg_p, self.blur_p, self.resize_p, self.noise_p)
+        return max(*ps, self.gamma_p, self.zoom_p, self.window_p) > 0
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Degrade (C, H, W) ``x`` in [0, 1]; every draw comes from ``generator``."""

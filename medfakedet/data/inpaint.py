@@ -253,17 +253,17 @@ class MedFakeInpaintDataset(SplitDataset):
     def _path(self, subdir: str, image_id: str) -> Path | None:
         return self._files[subdir].get(image_id)
 
-    def image_path(self, index: int) -> Path:
-        path = self._path("images", self.ids[index])
-        if path is None:
-            raise FileNotFoundError(f"{self.root / 'images'} has no file for ID {self.ids[index]!r}")
-        return path
-
-    def _gray(self, subdir: str, image_id: str) -> np.ndarray:
+    def _file(self, subdir: str, image_id: str) -> Path:
         path = self._path(subdir, image_id)
         if path is None:
             raise FileNotFoundError(f"{self.root / subdir} has no file for ID {image_id!r}")
-        pixels = self.pixel_cache.pixels(path)
+        return path
+
+    def image_path(self, index: int) -> Path:
+        return self._file("images", self.ids[index])
+
+    def _gray(self, subdir: str, image_id: str) -> np.ndarray:
+        pixels = self.pixel_cache.pixels(self._file(subdir, image_id))
         # Maps are stored gray; an RGB map keeps its first channel.
         return pixels[:, :, 0]
 
@@ -297,7 +297,7 @@ class MedFakeInpaintDataset(SplitDataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         image_id = self.ids[index]
         size = self.preprocess.size
-        pixels = self.pixel_cache.pixels(self._path("images", image_id))
+        pixels = self.pixel_cache.pixels(self._file("images", image_id))
         if self._degrade is not None:
             # Its own stream: the flips below draw the same numbers with or without it.
             image = self._degrade(pixels, self.item_generator(len(self) + index))

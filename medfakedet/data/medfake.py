@@ -8,6 +8,7 @@ source group and synthesis approach.
 
 from __future__ import annotations
 
+import abc
 import csv
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -247,7 +248,7 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
-class SplitDataset(Dataset):
+class SplitDataset(Dataset, abc.ABC):
     """What both dataset readers share: one split of a folder, decoded files kept in a
     :class:`PixelCache`, and augmentation drawn per (seed, epoch, index).
 
@@ -285,9 +286,9 @@ class SplitDataset(Dataset):
         """The augmentation generator of item ``index`` in the current epoch."""
         return torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
 
+    @abc.abstractmethod
     def image_path(self, index: int) -> Path:
         """The image file of item ``index``."""
-        raise NotImplementedError
 
 
 class MedFakeDataset(SplitDataset):
