@@ -146,15 +146,17 @@ def raw_rows(artifacts: Path, plan: Plan) -> list[dict]:
             described = f"{len(check)} of {described}"
         reference = fastpath.outputs(model, fastpath.PATHS["fp32"], check)
         batches = plan.batches if task == "synthesis8" else (8,) if plan.quick else (1, 8)
-        for path in tqdm(fastpath.candidates(), desc=f"raw {task}", leave=False):
-            path.prepare(model)
-            score = agree(reference, fastpath.outputs(model, path, check))
+        for path in tqdm(fastpath.runnable(model), desc=f"raw {task}", leave=False):
+            calibration = check[: fastpath.INT8_CALIBRATION_IMAGES]
+            copy = path.prepare(model, calibration) if path.quantized else None
+            score = agree(reference, fastpath.runner(model, path, copy)(check))
+            module = copy if copy is not None else model  # runner set the model's format
             for b in batches:
                 x = path.inputs(fastpath.check_inputs(cfg, b, seed=1))
 
-                def forward(x=x, path=path, model=model):
+                def forward(x=x, path=path, module=module):
                     with torch.inference_mode(), path.context():
-                        model(x)
+                        module(x)
 
                 rows.append({"model": task, "path": path.name, "batch": b,
                              "img_s": round(_rate(forward, b, plan.seconds), 1),

@@ -16,7 +16,21 @@ served model's metadata).
 ``fp32``, ``fp32_cl``, ``bf16_cl``, or ``auto`` (measure). A forced path is used as it is
 (no check, no timing): the operator asked for it.
 
-Not candidates: TorchScript freezing, torch.compile and int8 FX quantisation rewrite the module
+``int8`` (synthesis8 only, opt-in): post-training static quantisation in eager mode,
+torchvision's quantizable ResNet18 with its convolutions, batch norms and ReLUs fused, the
+``x86`` engine's per-channel weights and histogram-observed activations calibrated on the first
+``INT8_CALIBRATION_IMAGES`` images of the check set. Eager mode keeps the module tree, so the
+in-distribution check's forward hooks on ``layer1`` .. ``layer4`` still see the features
+(dequantized). The quantized copy runs the forward; the float model stays for what needs
+gradients (the Grad-CAM explanation). Forced on a model it cannot quantize (the localizer's
+U-Net) or where torch lacks the ``x86`` engine, it falls back to fp32 and says so.
+It is not an ``auto`` candidate: measured on the 192-px real-scan model (AMD EPYC, one thread),
+it ran 5.6x fp32 at b=16 and agreed with fp32 on all 256 stored training images, but on 300
+real-val / fake-val scans from other sources only on 98.7-99.0 % of the classes (bf16_cl: 100 %),
+so the stored set cannot vouch for it. ``MEDFAKEDET_CPU_PATH=int8`` (or ``cpu_path: int8``)
+takes it for the speed, with that cost; ``make performance`` measures it on the machine.
+
+Not candidates: TorchScript freezing, torch.compile and FX graph quantisation rewrite the module
 tree, and the in-distribution check (:mod:`medfakedet.ood`) reads features through forward hooks
 on named submodules (``layer1``.. ``layer4``, ``enc1``..), which those graphs no longer have.
 """
@@ -47,8 +61,8 @@ AUTO = "auto"
 MIN_GAIN = 1.05
 #: Stability between two starts on the same machine (a CI run flipped between bf16 and fp32):
 #: among the agreeing paths within this factor of the fastest time, the one nearest fp32 (the
-#: order of :func:`candidates`: fp32, fp32_cl, bf16_cl) is adopted, so two paths whose times are
-#: within the noise of a shared machine do not swap from one start to the next.
+#: order of :func:`candidates`: fp32, fp32_cl, bf16_cl) is adopted, so two paths whose
+#: times are within the noise of a shared machine do not swap from one start to the next.
 PREFERENCE_MARGIN = 1.10
 MIN_TOP1_AGREEMENT = 0.995
 MIN_BOX_IOU = 0.95
@@ -62,6 +76,8 @@ TIMING_BATCH = 8
 #: Timed rounds; in each round every path runs once (round-robin), and a path's time is its
 #: fastest round: a load spike from another process then slows one round, not one path.
 TIMING_REPEATS = 3
+#: Images of the check set (its first ones) that calibrate the int8 activation ranges.
+INT8_CALIBRATION_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -71,8 +87,15 @@ class CpuPath:
     name: str
     channels_last: bool = False
     dtype: torch.dtype | None = None  # autocast dtype; None = fp32
+    quantized: bool = False  # int8: a quantized copy of the model runs instead of the model
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, calibration: torch.Tensor | None = None) -> nn.Module:
+        """The module to run on this path: ``model`` itself in the path's memory format (set in
+        place), or for a quantized path a quantized copy calibrated on ``calibration``."""
+        if self.quantized:
+            if calibration is None:
+                raise ValueError(f"path {self.name} needs calibration inputs")
+            return quantize_int8(model, calibration)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return model.to(memory_format=fmt)
 
@@ -89,7 +112,10 @@ PATHS = {
     "fp32": CpuPath("fp32"),
     "fp32_cl": CpuPath("fp32_cl", channels_last=True),
     "bf16_cl": CpuPath("bf16_cl", channels_last=True, dtype=torch.bfloat16),
+    "int8": CpuPath("int8", quantized=True),
 }
+#: The quantized engine of the int8 path (fbgemm's successor on x86 CPUs).
+INT8_ENGINE = "x86"
 
 
 @dataclass
@@ -102,6 +128,7 @@ class PathChoice:
     agreement: dict[str, float] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     check_set: str = ""  # what the agreement was measured on
+    module: nn.Module | None = None  # what runs the forward on this path (set by choose)
 
     def as_dict(self) -> dict:
         return {
@@ -129,10 +156,57 @@ def native_bf16(flags: set[str] | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def int8_supported(model: nn.Module | None) -> bool:
+    """True where torch has the x86 quantized engine and ``model`` is a torchvision ResNet18
+    (the architecture :func:`quantize_int8` rebuilds)."""
+    if model is None or INT8_ENGINE not in torch.backends.quantized.supported_engines:
+        return False
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    return (
+        isinstance(model, ResNet)
+        and isinstance(model.layer1[0], BasicBlock)
+        and [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [2, 2, 2, 2]
+    )
+
+
+def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
+    """An int8 copy of the float ResNet18 ``model``: torchvision's quantizable ResNet18 with its
+    weights, fused, observed on ``calibration`` (model inputs) and converted. ``model`` is
+    left as it was."""
+    if not int8_supported(model):
+        raise ValueError(f"int8: no quantized version of {type(model).__name__} here")
+    import warnings
+
+    from torch.ao import quantization as tq
+    from torchvision.models import quantization as qmodels
+
+    torch.backends.quantized.engine = INT8_ENGINE
+    quantized = qmodels.resnet18(weights=None, quantize=False, num_classes=model.fc.out_features)
+    quantized.load_state_dict(model.state_dict())  # strict: the same architecture, every weight
+    quantized.eval().fuse_model()
+    quantized.qconfig = tq.get_default_qconfig(INT8_ENGINE)
+    with warnings.catch_warnings():  # eager-mode quantisation is deprecated upstream, not gone
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        tq.prepare(quantized, inplace=True)
+        with torch.inference_mode():
+            for start in range(0, len(calibration), 32):
+                quantized(calibration[start : start + 32].contiguous())
+        tq.convert(quantized, inplace=True)
+    return quantized
+
+
 def candidates(flags: set[str] | None = None) -> list[CpuPath]:
-    """The paths worth measuring on this CPU, fp32 first."""
+    """The paths ``auto`` measures on this CPU, fp32 first."""
     names = ["fp32", "fp32_cl"] + (["bf16_cl"] if native_bf16(flags) else [])
     return [PATHS[n] for n in names]
+
+
+def runnable(model: nn.Module, flags: set[str] | None = None) -> list[CpuPath]:
+    """Every path ``model`` can run on this CPU: the candidates, and int8 where it applies
+    (what the benchmark measures)."""
+    return candidates(flags) + ([PATHS["int8"]] if int8_supported(model) else [])
 
 
 def requested(setting: str | None) -> str:
@@ -199,17 +273,34 @@ def box_agreement(threshold: float, min_area: int = 1) -> Callable[..., float]:
     return score
 
 
-def _times(model: nn.Module, paths: list[CpuPath], x: torch.Tensor) -> dict[str, float]:
-    """Fastest milliseconds of a forward of ``x`` on each path, over ``TIMING_REPEATS``
+def runner(
+    model: nn.Module, path: CpuPath, quantized: nn.Module | None = None
+) -> Callable[..., torch.Tensor]:
+    """``run(x, batch=32)``: :func:`outputs` of ``x`` on ``path``. The memory format is set in
+    place before each run (paths share the model); a quantized path runs its copy
+    ``quantized`` (:meth:`CpuPath.prepare`)."""
+    if path.quantized:
+        if quantized is None:
+            raise ValueError(f"path {path.name} runs a quantized copy: pass it")
+        return lambda x, batch=32: outputs(quantized, path, x, batch)
+
+    def run(x: torch.Tensor, batch: int = 32) -> torch.Tensor:
+        path.prepare(model)
+        return outputs(model, path, x, batch)
+
+    return run
+
+
+def _times(runners: dict[str, Callable[..., torch.Tensor]], x: torch.Tensor) -> dict[str, float]:
+    """Fastest milliseconds of a forward of ``x`` by each runner, over ``TIMING_REPEATS``
     round-robin rounds after one warm-up round."""
-    times: dict[str, list[float]] = {p.name: [] for p in paths}
+    times: dict[str, list[float]] = {name: [] for name in runners}
     for round_ in range(TIMING_REPEATS + 1):
-        for path in paths:
-            path.prepare(model)
+        for name, run in runners.items():
             start = time.perf_counter()
-            outputs(model, path, x, batch=len(x))
+            run(x, len(x))
             if round_:
-                times[path.name].append((time.perf_counter() - start) * 1000)
+                times[name].append((time.perf_counter() - start) * 1000)
     return {name: min(t) for name, t in times.items()}
 
 
@@ -228,16 +319,28 @@ def choose(
     ``agree(fp32_outputs, candidate_outputs)`` scores a candidate on ``check_set`` (the
     artifact's stored images, :mod:`medfakedet.checkset`), or where there is none on ``images``
     inputs of :func:`check_inputs`; it is adopted only if the score reaches ``minimum``.
-    ``paths`` replaces :func:`candidates`.
+    ``paths`` replaces :func:`candidates`. The returned choice's ``module`` is what runs the
+    forward: ``model`` itself, or its quantized copy on the int8 path.
     """
     name = requested(setting)
-    if name != AUTO:
-        choice = PathChoice(PATHS[name], f"forced by {CPU_PATH_ENV} or cpu_path")
-    else:
+    if name == AUTO:
         x, choice_set = agreement_inputs(cfg, check_set, images)
         choice = _measure(model, x, agree, minimum, paths or candidates())
         choice.check_set = choice_set
-    choice.path.prepare(model)
+    elif PATHS[name].quantized and not int8_supported(model):
+        choice = PathChoice(
+            PATHS["fp32"],
+            f"{name} forced, but no int8 version of {type(model).__name__} here: fp32",
+        )
+    else:
+        choice = PathChoice(PATHS[name], f"forced by {CPU_PATH_ENV} or cpu_path")
+    if choice.module is None and choice.path.quantized:  # forced: calibrated, not checked
+        x, choice.check_set = agreement_inputs(cfg, check_set, images)
+        choice.module = choice.path.prepare(model, x[:INT8_CALIBRATION_IMAGES])
+    elif choice.module is None:
+        choice.module = choice.path.prepare(model)
+    if choice.path.quantized:  # the float model stays (explanations), on its fp32 layout
+        PATHS["fp32"].prepare(model)
     logger.info("CPU path %s (%s): %s", choice.path.name, choice.reason, choice.as_dict())
     return choice
 
@@ -254,25 +357,30 @@ def agreement_inputs(
 
 def _measure(model, x: torch.Tensor, agree, minimum, paths: list[CpuPath]) -> PathChoice:
     fp32 = PATHS["fp32"]
-    fp32.prepare(model)
-    reference = outputs(model, fp32, x)
+    runners = {"fp32": runner(model, fp32)}
+    reference = runners["fp32"](x)
     choice = PathChoice(fp32, "")
-    agreeing = [fp32]
+    agreeing = {"fp32": fp32}
+    quantized: dict[str, nn.Module] = {}
     for path in paths:
         if path.name == "fp32":
             continue
-        path.prepare(model)
-        score = agree(reference, outputs(model, path, x))
+        if path.quantized:
+            quantized[path.name] = path.prepare(model, x[:INT8_CALIBRATION_IMAGES])
+        runners[path.name] = runner(model, path, quantized.get(path.name))
+        score = agree(reference, runners[path.name](x))
         choice.agreement[path.name] = score
         if score >= minimum:
-            agreeing.append(path)
+            agreeing[path.name] = path
         else:
             choice.rejected[path.name] = f"agreement {score:.4f} < {minimum}"
-    choice.timings_ms = _times(model, agreeing, x[:TIMING_BATCH])
+    timed = {name: runners[name] for name in agreeing}
+    choice.timings_ms = _times(timed, x[:TIMING_BATCH])
     base, fastest = choice.timings_ms["fp32"], min(choice.timings_ms.values())
     best = preferred(choice.timings_ms)
     if best != "fp32":
-        choice.path = next(p for p in agreeing if p.name == best)
+        choice.path = agreeing[best]
+        choice.module = quantized.get(best)
         choice.reason = f"measured: {base / choice.timings_ms[best]:.2f}x fp32"
     else:
         choice.reason = (

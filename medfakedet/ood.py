@@ -215,7 +215,12 @@ def feature_modules(model: nn.Module) -> dict[str, nn.Module]:
 def _pooled(name: str, out: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     stages = {f"{name}{i}": t for i, t in enumerate(out)} if isinstance(out, list | tuple) else {}
     stages = {k: t for k, t in stages.items() if t.shape[1] > 3} or {name: out}  # skip the input
-    return {k: t.detach().float().mean(dim=(2, 3)).cpu() for k, t in stages.items()}
+    return {k: _float(t).mean(dim=(2, 3)).cpu() for k, t in stages.items()}
+
+
+def _float(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as float32 (an int8 path's activations are quantized tensors)."""
+    return t.detach().dequantize() if t.is_quantized else t.detach().float()
 
 
 @contextmanager

@@ -86,6 +86,9 @@ class _Predictor:
         self.device = device
         self.limits = limits
         self.model = artifact.model.to(device).eval()
+        #: The float model: the forward's own unless the CPU path runs a quantized copy; what
+        #: needs gradients (synthesis8's explanation) always runs it.
+        self.float_model = self.model
         self.cfg = artifact.preprocess
         self.ood = artifact.ood  # None: an artifact without statistics never abstains
         self.on_gpu = device.type == "cuda"
@@ -104,12 +107,14 @@ class _Predictor:
         if self.on_gpu:
             return
         agree, minimum, images = self.agreement_check()
-        auto = fastpath.requested(setting) == fastpath.AUTO
-        stored = checkset.load(artifact_dir, self.cfg) if auto else None
+        name = fastpath.requested(setting)
+        measured = name == fastpath.AUTO or fastpath.PATHS[name].quantized  # the set is used
+        stored = checkset.load(artifact_dir, self.cfg) if measured else None
         choice = fastpath.choose(
-            self.model, self.cfg, agree, minimum, setting, images=images, check_set=stored
+            self.float_model, self.cfg, agree, minimum, setting, images=images, check_set=stored
         )
         self.cpu_path = choice.path
+        self.model = choice.module if choice.module is not None else self.float_model
         self.runtime = {"device": str(self.device), **choice.as_dict()}
 
     def agreement_check(self):
@@ -303,12 +308,13 @@ class Synthesis8Predictor(_Predictor):
         if isinstance(image, PredictionError):
             return image
         captured: dict[str, torch.Tensor] = {}
-        hook = self.model.layer4.register_forward_hook(
+        model = self.float_model  # gradients: never the quantized copy
+        hook = model.layer4.register_forward_hook(
             lambda _m, _i, out: captured.__setitem__("act", out)
         )
         try:
-            with torch.enable_grad(), captured_features(self.model) as features:
-                logits = self.model(self._inputs([image])).float()
+            with torch.enable_grad(), captured_features(model) as features:
+                logits = model(self._inputs([image])).float()
                 target = int(logits[0].argmax())
                 (grads,) = torch.autograd.grad(logits[0, target], captured["act"])
         finally:

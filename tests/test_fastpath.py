@@ -121,3 +121,81 @@ def test_auto_path_finds_the_same_boxes_as_fp32(density_dir):  # noqa: F811
     assert a["count"] == b["count"] == 1
     assert a["boxes"][0]["x1"] == pytest.approx(b["boxes"][0]["x1"], abs=2)
     assert set(auto.timings) == {"decode", "preprocess", "forward", "postprocess"}
+
+
+def _is_quantized(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.ao.nn.quantized.Conv2d) for m in module.modules())
+
+
+def test_int8_is_opt_in_and_only_for_resnet18(s8_dir, density_dir):  # noqa: F811
+    resnet = Synthesis8Predictor.from_artifact(s8_dir).float_model
+    unet = DensityPredictor.from_artifact(density_dir).float_model
+    flags = {"avx512f", "avx512_bf16"}
+    assert "int8" not in [p.name for p in fastpath.candidates(flags)]  # auto never measures it
+    if "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch has no x86 quantized engine")
+    assert [p.name for p in fastpath.runnable(resnet, flags)][-1] == "int8"
+    assert "int8" not in [p.name for p in fastpath.runnable(unet, flags)]
+
+
+def test_forced_int8_runs_a_quantized_copy_and_keeps_the_float_model(s8_dir):  # noqa: F811
+    if "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch has no x86 quantized engine")
+    plain = Synthesis8Predictor.from_artifact(s8_dir, cpu_path="fp32")
+    q = Synthesis8Predictor.from_artifact(s8_dir, cpu_path="int8")
+    assert q.runtime["cpu_path"] == "int8" and "forced" in q.runtime["reason"]
+    assert _is_quantized(q.model) and not _is_quantized(q.float_model)
+    assert q.runtime["check_set"] == f"{fastpath.CHECK_IMAGES} seeded fields"  # calibrated on
+    # The same answers' shape; probabilities near fp32's (a random-init net: small logits).
+    rng = np.random.default_rng(0)
+    images = [encode_png(rng.random((96, 96), dtype=np.float32)) for _ in range(4)]
+    a, b = plain.predict(images), q.predict(images)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        gaps = [abs(x["probabilities"][k] - y["probabilities"][k]) for k in x["probabilities"]]
+        assert max(gaps) < 0.05
+    # Grad-CAM needs gradients: it runs the float model, whatever the path.
+    (explained,) = q.explain([images[0]])
+    assert explained["heatmap_png"] and explained["explanation"]["layer"] == "layer4"
+
+
+def test_int8_features_reach_the_in_distribution_check(s8_dir):  # noqa: F811
+    """Eager quantisation keeps layer1..layer4 as modules: the hooks see dequantized features."""
+    if "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch has no x86 quantized engine")
+    from medfakedet.ood import captured_features, stacked
+
+    q = Synthesis8Predictor.from_artifact(s8_dir, cpu_path="int8")
+    x = fastpath.check_inputs(q.cfg, 3, seed=5)
+    with torch.inference_mode(), captured_features(q.model) as found:
+        q.model(x)
+    with torch.inference_mode(), captured_features(q.float_model) as ref:
+        q.float_model(x)
+    got, want = stacked(found), stacked(ref)
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
+    assert got["layer4"].shape == (3, 512)
+    # close to the float features (quantisation error), not zeros or garbage
+    rel = np.linalg.norm(got["layer4"] - want["layer4"]) / np.linalg.norm(want["layer4"])
+    assert rel < 0.2
+
+
+def test_forced_int8_on_the_localizer_falls_back_to_fp32(density_dir):  # noqa: F811
+    p = DensityPredictor.from_artifact(density_dir, cpu_path="int8")
+    assert p.runtime["cpu_path"] == "fp32"
+    assert "no int8 version of UNetDensity" in p.runtime["reason"]
+    assert p.model is p.float_model
+
+
+def test_int8_passed_as_a_candidate_is_checked_then_chosen_or_rejected(s8_dir):  # noqa: F811
+    if "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch has no x86 quantized engine")
+    model = Synthesis8Predictor.from_artifact(s8_dir).float_model
+    paths = [fastpath.PATHS["fp32"], fastpath.PATHS["int8"]]
+    args = (model, CLASSIFIER_PREPROCESS, fastpath.top1_agreement)
+    strict = fastpath.choose(*args, 1.01, paths=paths, images=64)  # no score reaches 1.01
+    assert strict.path.name == "fp32" and "int8" in strict.rejected
+    assert strict.module is model and next(model.parameters()).is_contiguous()
+    lax = fastpath.choose(*args, 0.0, paths=paths, images=64)
+    assert set(lax.timings_ms) == {"fp32", "int8"} and 0 <= lax.agreement["int8"] <= 1
+    if lax.path.name == "int8":  # measured faster here: the choice carries the quantized copy
+        assert _is_quantized(lax.module)
