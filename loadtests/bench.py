@@ -147,10 +147,8 @@ def raw_rows(artifacts: Path, plan: Plan) -> list[dict]:
         reference = fastpath.outputs(model, fastpath.PATHS["fp32"], check)
         batches = plan.batches if task == "synthesis8" else (8,) if plan.quick else (1, 8)
         for path in tqdm(fastpath.runnable(model), desc=f"raw {task}", leave=False):
-            calibration = check[: fastpath.INT8_CALIBRATION_IMAGES]
-            copy = path.prepare(model, calibration) if path.quantized else None
-            score = agree(reference, fastpath.runner(model, path, copy)(check))
-            module = copy if copy is not None else model  # runner set the model's format
+            run, module = fastpath.runner(model, path, check[: fastpath.INT8_CALIBRATION_IMAGES])
+            score = agree(reference, run(check))  # and the model is now in the path's format
             for b in batches:
                 x = path.inputs(fastpath.check_inputs(cfg, b, seed=1))
 

@@ -274,21 +274,20 @@ def box_agreement(threshold: float, min_area: int = 1) -> Callable[..., float]:
 
 
 def runner(
-    model: nn.Module, path: CpuPath, quantized: nn.Module | None = None
-) -> Callable[..., torch.Tensor]:
-    """``run(x, batch=32)``: :func:`outputs` of ``x`` on ``path``. The memory format is set in
-    place before each run (paths share the model); a quantized path runs its copy
-    ``quantized`` (:meth:`CpuPath.prepare`)."""
+    model: nn.Module, path: CpuPath, calibration: torch.Tensor | None = None
+) -> tuple[Callable[..., torch.Tensor], nn.Module]:
+    """``(run, module)``: ``run(x, batch=32)`` gives :func:`outputs` of ``x`` on ``path``, run by
+    ``module``. Paths that share ``model`` set its memory format before each run; a quantized
+    path builds its copy once, calibrated on ``calibration`` (:meth:`CpuPath.prepare`)."""
     if path.quantized:
-        if quantized is None:
-            raise ValueError(f"path {path.name} runs a quantized copy: pass it")
-        return lambda x, batch=32: outputs(quantized, path, x, batch)
+        module = path.prepare(model, calibration)
+        return (lambda x, batch=32: outputs(module, path, x, batch)), module
 
     def run(x: torch.Tensor, batch: int = 32) -> torch.Tensor:
         path.prepare(model)
         return outputs(model, path, x, batch)
 
-    return run
+    return run, model
 
 
 def _times(runners: dict[str, Callable[..., torch.Tensor]], x: torch.Tensor) -> dict[str, float]:
@@ -357,17 +356,15 @@ def agreement_inputs(
 
 def _measure(model, x: torch.Tensor, agree, minimum, paths: list[CpuPath]) -> PathChoice:
     fp32 = PATHS["fp32"]
-    runners = {"fp32": runner(model, fp32)}
+    runners, modules = {}, {}
+    for path in [fp32, *(p for p in paths if p.name != "fp32")]:
+        runners[path.name], modules[path.name] = runner(model, path, x[:INT8_CALIBRATION_IMAGES])
     reference = runners["fp32"](x)
     choice = PathChoice(fp32, "")
     agreeing = {"fp32": fp32}
-    quantized: dict[str, nn.Module] = {}
     for path in paths:
         if path.name == "fp32":
             continue
-        if path.quantized:
-            quantized[path.name] = path.prepare(model, x[:INT8_CALIBRATION_IMAGES])
-        runners[path.name] = runner(model, path, quantized.get(path.name))
         score = agree(reference, runners[path.name](x))
         choice.agreement[path.name] = score
         if score >= minimum:
@@ -380,7 +377,7 @@ def _measure(model, x: torch.Tensor, agree, minimum, paths: list[CpuPath]) -> Pa
     best = preferred(choice.timings_ms)
     if best != "fp32":
         choice.path = agreeing[best]
-        choice.module = quantized.get(best)
+        choice.module = modules[best] if choice.path.quantized else None  # else: choose sets it
         choice.reason = f"measured: {base / choice.timings_ms[best]:.2f}x fp32"
     else:
         choice.reason = (
