@@ -187,7 +187,10 @@ def test_features_are_averaged_activations_at_several_depths(model, x, dims):
     assert set(batched) == set(found)
     for name, feats in batched.items():
         assert feats.dtype == np.float64
-        np.testing.assert_allclose(feats, found[name][0].double().numpy(), rtol=1e-5, atol=1e-6)
+        # float32 through a deep encoder, in batches of 2 and 1 against one batch of 3: oneDNN
+        # may pick other kernels per batch size, and CI saw 1.3e-6 apart at encoder5 (~0.02).
+        expected = found[name][0].double().numpy()
+        np.testing.assert_allclose(feats, expected, rtol=1e-4, atol=1e-5)
     if hasattr(m, "fc"):  # layer4's average is the penultimate feature: exactly what fc sees
         with torch.no_grad():
             logits = m(x)
