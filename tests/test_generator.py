@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from medfakedet.data.fakes import DEFAULT_MIX, make_fakes, mix_schedule
+from medfakedet.data.fakes import (
+    DECODER_UPSAMPLERS,
+    DEFAULT_MIX,
+    DecoderResynthSynthesizer,
+    make_fakes,
+    mix_schedule,
+)
 from medfakedet.data.gan import DetailMatch, GANSynthesizer, radial_power
 from medfakedet.data.phantoms import generate_slice
 from medfakedet.data.separability import cv_auc, lowlevel_features
@@ -59,6 +65,31 @@ def test_gan_refuses_sampling_before_fit_and_bad_sizes(kidney_reals: list[np.nda
         GANSynthesizer(device="cpu").fit(
             [np.zeros((8, 8, 3), np.uint8)], np.random.default_rng(0), 1
         )
+
+
+def test_decoder_resynth_copies_layout_and_redraws_detail(kidney_reals: list[np.ndarray]) -> None:
+    """Each fake is its source real through one of the three generator-style decoders: same
+    layout and intensities, different fine detail; a function of the seeds."""
+
+    def fakes(seed: int) -> tuple[list[np.ndarray], DecoderResynthSynthesizer]:
+        synth = DecoderResynthSynthesizer(max_steps=60, patch=32)
+        synth.fit(kidney_reals, np.random.default_rng(seed), time_budget_s=math.inf)
+        assert synth.steps_trained == 60 * len(DECODER_UPSAMPLERS)  # the step caps ended it
+        assert len(synth.models) == 3
+        return synth.sample(6, np.random.default_rng(1)), synth
+
+    a, synth = fakes(5)
+    b, _ = fakes(5)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    kinds = {type(m.dec[3]).__name__ for m in synth.models}
+    assert kinds == {"ConvTranspose2d", "Sequential"}  # transposed, and resize + conv (x2)
+    for img, src in zip(a, synth.last_sources, strict=True):
+        real = kidney_reals[src].astype(float)
+        assert img.shape == real.shape and img.dtype == np.uint8
+        others = [np.abs(r.astype(float) - img).mean() for r in kidney_reals]
+        assert int(np.argmin(others)) == src  # its layout is its source's
+        assert np.abs(real - img).max() > 20  # but it is not a copy
+        assert abs(img.mean() - real.mean()) < 4  # histogram-matched to the source
 
 
 def test_detail_match_fills_the_missing_fine_spectrum() -> None:
