@@ -306,11 +306,12 @@ class DecoderResynthSynthesizer(FittedBase):
     (blobs, noise) do not teach. Fake ``i`` comes from decoder ``i mod 3``'s output.
 
     Opt-in (``--fake-mix ...,decoder_resynth=0.3``), not in :data:`DEFAULT_MIX`: synthesis8
-    trained on the default mix called 93% of these real, yet training on a real-dev build with
-    a 0.3 share of them (gan 0.3, vae 0.1, diffusion and upsample 0.15 each) did not carry
-    over to published generators' outputs (fake-val, 143 images): called fake 33% at 24 epochs
-    and 22% at 36 (34% without them), answered fake 4.2% and 0.7% (11.2%); real-val's false
-    "fake" stayed near 0 either way. Session 21, docs/reports/real-scans.md."""
+    trained on the default mix answered 85 of 96 of these real (3 fake), yet training on a
+    real-dev build with a 0.3 share of them (gan 0.3, vae 0.1, diffusion and upsample 0.15
+    each) did not carry over to published generators' outputs (fake-val, 143 images): called
+    fake 33% at 24 epochs and 22% at 36 (34% without them), answered fake 4.2% and 0.7%
+    (11.2%); real-val's false "fake" stayed near 0 either way. Session 21,
+    docs/reports/real-scans.md."""
 
     name = "decoder_resynth"
 
@@ -325,8 +326,8 @@ class DecoderResynthSynthesizer(FittedBase):
             work, model, gen = self._start_fit(reals, rng, None, lambda k=kind: _DecoderAE(k))
             self._work = work
 
-            def loss(g: torch.Generator, m: nn.Module = model) -> torch.Tensor:
-                x = random_patches(work, 16, self.patch, g)
+            def loss(g: torch.Generator, m: nn.Module = model, w=work) -> torch.Tensor:
+                x = random_patches(w, 16, self.patch, g)
                 return F.l1_loss(m(x), x)
 
             share = time_budget_s / len(DECODER_UPSAMPLERS)
