@@ -188,7 +188,7 @@ def _fit_sample(name: str, reals: list[np.ndarray], seed: int, n: int = 4) -> li
 
 def test_registry_names() -> None:
     # The names are the manifest's "approach" values: renaming one changes the datasets.
-    assert set(SYNTHESIZERS) == {"vae", "diffusion_resynth", "upsample", "gan"}
+    assert set(SYNTHESIZERS) == {"vae", "diffusion_resynth", "upsample", "gan", "decoder_resynth"}
 
 
 @pytest.mark.parametrize("name", sorted(_TINY))
