@@ -13,6 +13,9 @@ from medfakedet.artifacts import TASKS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = TASKS  # TorchServe model name == artifact task
+#: TorchServe's logging (``torchserve --log-config``): its built-in files, each line written once,
+#: without the per-request lines (the reasons are in the file; issue #12).
+LOG_CONFIG = REPO_ROOT / "config" / "log4j2.xml"
 #: TorchServe always opens its gRPC ports too (there is no switch to turn them off): two stacks
 #: on one machine need different gRPC ports as well, or the second one exits at start.
 DEFAULT_PORTS = {

@@ -31,9 +31,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from medfakedet.deploy.config import DEFAULT_PORTS, MODELS, REPO_ROOT, StackConfig, find_tool
+from medfakedet.deploy.config import DEFAULT_PORTS, MODELS, REPO_ROOT, StackConfig
 from medfakedet.deploy.render import render_nginx_config, render_template, render_torchserve_config
-from medfakedet.deploy.stack import torchserve_env
+from medfakedet.deploy.stack import torchserve_command, torchserve_env
 from medfakedet.frontdoor import PATH_OPTIONS, Supervisor, TokenError, read_token
 from medfakedet.probe import torchserve_key
 
@@ -103,10 +103,7 @@ def start_torchserve(layout: Layout) -> subprocess.Popen:
             "disable_token_authorization)"
         )
     env = torchserve_env(cfg)
-    cmd = [
-        find_tool("torchserve"), "--start", "--foreground", "--ncs",
-        "--ts-config", str(ts_config), "--model-store", str(layout.model_store),
-    ]  # fmt: skip
+    cmd = torchserve_command(ts_config, layout.model_store, "--foreground")
     # key_file.json goes to the working directory: the run folder, shared with the nginx sidecar.
     return subprocess.Popen(cmd, cwd=cfg.run_dir, env=env)
 

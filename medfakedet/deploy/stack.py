@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from medfakedet.deploy.config import DeployError, StackConfig, find_tool
+from medfakedet.deploy.config import LOG_CONFIG, DeployError, StackConfig, find_tool
 from medfakedet.deploy.java import java_env
 from medfakedet.deploy.ports import check_ports_free
 from medfakedet.deploy.render import render_nginx_config, render_torchserve_config
@@ -230,16 +230,19 @@ def torchserve_env(cfg: StackConfig) -> dict[str, str]:
     }
 
 
+def torchserve_command(ts_config: Path, model_store: Path, *flags: str) -> list[str]:
+    """``torchserve --start`` with our settings, store and logging (:data:`LOG_CONFIG`)."""
+    return [
+        find_tool("torchserve"), "--start", *flags, "--ncs",
+        "--ts-config", str(ts_config), "--model-store", str(model_store),
+        "--log-config", str(LOG_CONFIG),
+    ]  # fmt: skip
+
+
 def _start_torchserve(cfg: StackConfig, ts_config: Path) -> psutil.Process:
     env = torchserve_env(cfg)
     tmp = cfg.run_dir / "tmp"
-    cmd = [
-        find_tool("torchserve"),
-        "--start",
-        "--ncs",
-        "--ts-config", str(ts_config),
-        "--model-store", str(Path(cfg.model_store).resolve()),
-    ]  # fmt: skip
+    cmd = torchserve_command(ts_config, Path(cfg.model_store).resolve())
     log = Path(cfg.log_dir) / "torchserve.out"
     with open(log, "ab") as out:
         # New session: Ctrl-C in the terminal that ran `make serve` does not reach the server.

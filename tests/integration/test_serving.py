@@ -401,6 +401,25 @@ def test_workers_run_numpy_s_blas_on_one_thread(stack):
     assert {w.environ().get("OPENBLAS_NUM_THREADS") for w in workers} == {expected}
 
 
+def test_torchserve_logs_each_line_once_and_no_per_request_chatter(stack):
+    """config/log4j2.xml (issue #12): TorchServe's built-in logging wrote every frontend line
+    three times and ~10 DEBUG/INFO lines per request; ours keeps the start-up and lifecycle
+    lines once each, the access log's line per request, and the handler's batch lines."""
+    access = stack.log_dir / "access_log.log"
+    before = len(access.read_text().splitlines())
+    for seed in range(6):
+        data = png(np.random.default_rng(seed).random((64, 64), dtype=np.float32))
+        r = requests.post(f"{stack.base_url}/detect/synthesis8", files={"image": data}, timeout=60)
+        assert r.status_code == 200, r.text
+    assert len(access.read_text().splitlines()) - before == 6
+    ts_log = (stack.log_dir / "ts_log.log").read_text(errors="replace").splitlines()
+    assert any("Connecting to" in line for line in ts_log)  # worker start-up is still there
+    for chatter in ("Flushing req.cmd", "Backend response time", "Sending response for jobId"):
+        assert not any(chatter in line for line in ts_log), chatter
+    assert all(a != b for a, b in zip(ts_log, ts_log[1:])), "a line written twice"
+    assert re.search(r"synthesis8 batch_size=\d", stack.model_log())
+
+
 def _refused(r: requests.Response) -> bool:
     """TorchServe 0.12 refuses a missing or wrong token with 400 (not 401) and this message."""
     return r.status_code in (400, 401) and "Token Authorization failed" in r.text
