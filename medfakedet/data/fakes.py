@@ -39,16 +39,26 @@ from torch import nn
 
 from .gan import GANSynthesizer
 from .synth_base import (
+    MAX_WORK_SIZE,
     FittedBase,
+    build_seeded,
+    capped_shape,
     finish,
     random_patches,
+    resize,
+    stack_reals,
+    torch_seed,
     train_adam,
 )
 
 DEFAULT_TIME_BUDGET_S = 16.0
 #: Share of make_fakes' time budget that each approach's fit() may use.
 _BUDGET_SHARE = {
-    "gan": 0.5, "vae": 0.3, "diffusion_resynth": 0.11, "upsample": 0.09, "decoder_resynth": 0.2
+    "gan": 0.5,
+    "vae": 0.3,
+    "diffusion_resynth": 0.11,
+    "upsample": 0.09,
+    "decoder_resynth": 0.2,
 }
 
 
@@ -322,15 +332,18 @@ class DecoderResynthSynthesizer(FittedBase):
 
     def fit(self, reals: list[np.ndarray], rng: np.random.Generator, time_budget_s: float) -> None:
         self.models, self.steps_trained = [], 0
+        self._reals, self._shape = stack_reals(reals)  # once: every decoder learns the same
+        self._work = resize(self._reals, capped_shape(self._shape, MAX_WORK_SIZE))
         for kind in DECODER_UPSAMPLERS:
-            work, model, gen = self._start_fit(reals, rng, None, lambda k=kind: _DecoderAE(k))
-            self._work = work
+            seed = torch_seed(rng)
+            model = build_seeded(seed, lambda k=kind: _DecoderAE(k))
 
-            def loss(g: torch.Generator, m: nn.Module = model, w=work) -> torch.Tensor:
-                x = random_patches(w, 16, self.patch, g)
+            def loss(g: torch.Generator, m: nn.Module = model) -> torch.Tensor:
+                x = random_patches(self._work, 16, self.patch, g)
                 return F.l1_loss(m(x), x)
 
             share = time_budget_s / len(DECODER_UPSAMPLERS)
+            gen = torch.Generator().manual_seed(seed)
             self.steps_trained += train_adam(model, loss, gen, self.max_steps, share, lr=2e-3)
             self.models.append(model)
 
@@ -338,14 +351,18 @@ class DecoderResynthSynthesizer(FittedBase):
     def sample(self, n: int, rng: np.random.Generator) -> list[np.ndarray]:
         reals, gen = self._sampling(rng)
         src = self._pick(n, gen)
-        out = []
-        for i in range(n):
-            x = self._work[src[i] : src[i] + 1]
-            h, w = x.shape[-2:]
-            padded = F.pad(x, (0, -w % 4, 0, -h % 4), mode="replicate")  # the code is 1/4 side
-            y = self.models[i % len(self.models)](padded)[..., :h, :w].clamp(0, 1)
-            out.append(finish(y[0], reals[src[i]], self._shape))
-        return out
+        h, w = self._work.shape[-2:]
+        # The code is 1/4 side: pad to a multiple of 4, run each decoder on its share at once.
+        padded = F.pad(self._work[src], (0, -w % 4, 0, -h % 4), mode="replicate")
+        out: list[np.ndarray | None] = [None] * n
+        for k, model in enumerate(self.models):
+            mine = list(range(k, n, len(self.models)))  # fake i comes from decoder i mod 3
+            if not mine:
+                continue
+            y = model(padded[mine])[..., :h, :w].clamp(0, 1)
+            for j, i in enumerate(mine):
+                out[i] = finish(y[j], reals[src[i]], self._shape)
+        return out  # type: ignore[return-value]
 
 
 SYNTHESIZERS: dict[str, type] = {
