@@ -72,6 +72,7 @@ def test_build_layout_manifest_and_summary(built: Path) -> None:
         "per_class": PER_CLASS,
         "inpaint": INPAINT,
         "size": 128,
+        "inpaint_size": 128,
         "seed": 5,
         "workers": 1,
         "fake_time_budget_s": 0.0,
@@ -363,3 +364,23 @@ def test_build_from_real_dir(tmp_path: Path) -> None:
     for path in index_files(out / "medfakeinpaint", "images").values():
         with Image.open(path) as im:
             assert im.mode in ("L", "I;16") and im.size == (128, 128)
+
+
+@pytest.mark.skipif(not REAL_DEV.is_dir(), reason="../shared/data/real-dev is absent")
+def test_inpaint_size_builds_the_localizer_set_at_its_own_side(tmp_path: Path) -> None:
+    """The real recipe writes MedFake at 256 px and MedFakeInpaint at 128 (REAL_SIZE,
+    REAL_INPAINT_SIZE): the localizer's set is then the one a build at its side alone makes."""
+    common = {"real_dir": REAL_DEV, "per_class": 2, "inpaint": 10, "seed": 3, "workers": 1,
+              "encode": "none", **{**FAST, "contact_sheet": False}}  # fmt: skip
+    build_datasets(tmp_path / "two", size=96, inpaint_size=64, **common)
+    build_datasets(tmp_path / "one", size=64, **common)
+    two = json.loads((tmp_path / "two" / "build.json").read_text())["args"]
+    assert (two["size"], two["inpaint_size"]) == (96, 64)
+    assert _hashes(tmp_path / "two" / "medfakeinpaint") == _hashes(
+        tmp_path / "one" / "medfakeinpaint"
+    )
+    for path in (tmp_path / "two" / "medfake").rglob("*.png"):
+        with Image.open(path) as im:
+            assert im.size == (96, 96)
+    with pytest.raises(ValueError, match="32 <= size"):
+        build_datasets(tmp_path / "bad", size=64, inpaint_size=16, **common)

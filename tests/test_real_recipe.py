@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from medfakedet.data.builder import REAL_INPAINT_SIZE, REAL_SIZE
 from medfakedet.labels import ORGANS
 from training.config import apply_overrides
 from training.evaluate import evaluate_artifact
@@ -66,6 +67,7 @@ def write_build(folder: Path, real_dir: str | None, build_json: bool = True) -> 
     (folder / "medfakeinpaint" / "images").mkdir(parents=True)
     if build_json:
         args = {"real_dir": real_dir, "per_class": 200, "seed": 42}  # as the builder writes it
+        args.update(size=REAL_SIZE if real_dir else 128, inpaint_size=REAL_INPAINT_SIZE)
         (folder / "build.json").write_text(json.dumps({"args": args, "seconds": 1.0}))
 
 
@@ -91,6 +93,14 @@ def test_data_is_rebuilt_only_for_another_real_folder(tmp_path: Path) -> None:
     for shares, rebuild in (([0.85, 0.1, 0.05], True), ([0.7, 0.15, 0.15], False)):
         build = json.loads((from_real / "build.json").read_text())
         build["args"]["inpaint_fractions"] = shares
+        (from_real / "build.json").write_text(json.dumps(build))
+        assert needs_build(from_real, real) is rebuild
+    # A real build of before session 22 (MedFake at 128 px, like the localizer's set) is rebuilt.
+    for size, inpaint_size, rebuild in ((128, None, True), (256, 128, False), (256, 256, True)):
+        build = json.loads((from_real / "build.json").read_text())
+        build["args"].update(size=size, inpaint_size=inpaint_size)
+        if inpaint_size is None:  # the builder wrote no inpaint_size before: --size was both
+            del build["args"]["inpaint_size"]
         (from_real / "build.json").write_text(json.dumps(build))
         assert needs_build(from_real, real) is rebuild
 

@@ -38,6 +38,7 @@ def _build(args: argparse.Namespace) -> int:
         per_class=args.per_class,
         inpaint=args.inpaint,
         size=args.size,
+        inpaint_size=args.inpaint_size,
         seed=args.seed,
         progress=not args.quiet,
         workers=args.workers,
@@ -100,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--per-class", type=int, default=DEFAULT_PER_CLASS, help="images per class")
     b.add_argument("--inpaint", type=int, default=DEFAULT_INPAINT, help="MedFakeInpaint images")
     b.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image side in pixels")
+    b.add_argument(
+        "--inpaint-size", type=int, default=None,
+        help="side of the MedFakeInpaint images (default: --size)",
+    )  # fmt: skip
     b.add_argument("--seed", type=int, default=DEFAULT_SEED)
     b.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     b.add_argument(

@@ -174,9 +174,15 @@ def load_real_images(
 
 
 def load_real_dir(
-    real_dir: Path, per_class: int, n_sources: int, size: int, seed: int
+    real_dir: Path,
+    per_class: int,
+    n_sources: int,
+    size: int,
+    seed: int,
+    inpaint_size: int | None = None,
 ) -> tuple[dict[str, list[Named]], list[Named], list[str]]:
-    """The reals of each organ folder of ``real_dir`` and the brain slices to manipulate.
+    """The reals of each organ folder of ``real_dir`` at ``size`` and the brain slices to
+    manipulate at ``inpaint_size`` (default ``size``; the same files at either side).
 
     Returns:
         ({organ: up to per_class images}, up to n_sources brain images, unreadable files).
@@ -205,6 +211,10 @@ def load_real_dir(
         real_sets[organ] = images[:per_class]
         if organ == "brain":
             brain_sources = images[:n_sources]
+            if inpaint_size not in (None, size):
+                stream = REAL_STREAM * 100 + ORGANS.index(organ)
+                again, _ = load_real_images(real_dir / organ, inpaint_size, limit, seed, stream)
+                brain_sources = again[:n_sources]
     return real_sets, brain_sources, skipped
 
 
