@@ -83,9 +83,10 @@ DEFAULT_SIZE = 128
 #: The real-scan recipe's sides (``make train-real``; training/pipeline.py). MedFake at 256 px:
 #: synthesis8 reads 192 px, and reals written at 128 px reached it upsampled, blurrier than any
 #: real scan a user sends; built at 256 px (session 22, same seed and model) the real-dev test
-#: split's fakes answered fake rose 0.861 -> 0.965 at no cost in false "fake", and published
-#: generators' outputs (fake-val) answered fake 11.2% -> 15.4%. MedFakeInpaint stays at 128
-#: px, the localizer's side.
+#: split's fakes answered fake rose 0.861 -> 0.965 (false "fake" 0.8% -> 0%), and published
+#: generators' outputs (fake-val) answered fake 11.2% -> 15.4%; but real scans halved and
+#: brought back are answered fake 9.0% (0.8%): sharp now reads as real (docs/reports/
+#: real-scans.md, session 22). MedFakeInpaint stays at 128 px, the localizer's side.
 REAL_SIZE, REAL_INPAINT_SIZE = 256, 128
 DEFAULT_SEED = 42
 MEDFAKE_DIR, INPAINT_DIR = "medfake", "medfakeinpaint"
