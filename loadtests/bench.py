@@ -186,16 +186,20 @@ def in_process_rows(artifacts: Path, image: SampleImage, paths: dict, plan: Plan
 
 
 # ------------------------------------------------------------------------------------ served
-def warm_up(urls: dict[str, str], image: SampleImage, requests_per_model: int = 64) -> None:
-    """Requests at c=1 and c=8 to each model of each target before anything is timed: a served
-    model is warm in use, and a fresh stack is not (the JVM compiles its hot paths during the
-    first few hundred requests, oneDNN its kernels per new batch size), which fell on whichever
-    cell came first (nginx c=1)."""
+def warm_up(urls: dict[str, str], image: SampleImage, requests_per_model: int = 192) -> None:
+    """Requests at c=1, 8 and 16 to each model of each target before anything is timed: a
+    served model is warm in use, and a fresh stack is not (the JVM compiles its hot paths during
+    the first few hundred requests, oneDNN its kernels per new batch size), which fell on
+    whichever cell came first. With 64 requests at c=1 and 8 (session 21), the first nginx c=1
+    cell still cost the frontend 8-10 CPU ms a request against 3-4 in the cells after it, and
+    the first c=16 cell of a stack gave 60-79 req/s against 76-88 for the next (session 22)."""
+    levels = (1, 8, 16)
     for target, url in urls.items():
         route = "predictions" if target == "torchserve" else "detect"
         for endpoint in ("synthesis8",) if target == "peer" else MODELS:
-            for level in (1, 8):
-                bench_server(url, endpoint, [image], requests_per_model // 2, level, route=route)
+            for level in levels:
+                n = requests_per_model // len(levels)
+                bench_server(url, endpoint, [image], n, level, route=route)
 
 
 #: Who spends the CPU of a served request: the load generator (this process), nginx, the
@@ -241,7 +245,7 @@ def served_rows(
     With ``processes`` (:func:`stack_processes`), each row adds the CPU milliseconds a request
     cost each role (``cpu_ms_<role>``)."""
     processes = processes or {}
-    warm_up(urls, image, 16 if plan.quick else 64)
+    warm_up(urls, image, 24 if plan.quick else 192)
     rows = []
     cells = [(t, "synthesis8", c) for t in urls for c in plan.levels]
     cells += [(t, "manipulation_density", 8) for t in urls if t != "peer"]
