@@ -146,21 +146,21 @@ def fake_job(
     return rows
 
 
-def load_real_images(
-    folder: Path, size: int, limit: int, seed: int, stream: int
-) -> tuple[list[Named], list[str]]:
-    """Up to ``limit`` images of ``folder`` (any format, any depth), gray size x size.
+def _decode_real_files(
+    folder: Path, limit: int, seed: int, stream: int
+) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """Up to ``limit`` decoded images of ``folder`` (any format, any depth) as they are stored.
 
     Files are taken in a seeded order of their sorted paths; unreadable ones are skipped.
 
     Returns:
-        ([(relative path, uint8 image)], [unreadable file messages]).
+        ([(relative path, pixels)], [unreadable file messages]).
     """
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     order = seeded_rng(seed, stream).permutation(len(files))
-    images, skipped = [], []
+    decoded, skipped = [], []
     for k in order:
-        if len(images) >= limit:
+        if len(decoded) >= limit:
             break
         path = files[k]
         try:
@@ -169,8 +169,20 @@ def load_real_images(
             if is_image_file(path):
                 skipped.append(f"{path}: {exc}")
             continue
-        images.append((path.relative_to(folder).as_posix(), finalize_gray(pixels, size)))
-    return images, skipped
+        decoded.append((path.relative_to(folder).as_posix(), pixels))
+    return decoded, skipped
+
+
+def load_real_images(
+    folder: Path, size: int, limit: int, seed: int, stream: int
+) -> tuple[list[Named], list[str]]:
+    """Up to ``limit`` images of ``folder`` (:func:`_decode_real_files`), gray size x size.
+
+    Returns:
+        ([(relative path, uint8 image)], [unreadable file messages]).
+    """
+    decoded, skipped = _decode_real_files(folder, limit, seed, stream)
+    return [(name, finalize_gray(pixels, size)) for name, pixels in decoded], skipped
 
 
 def load_real_dir(
@@ -202,19 +214,16 @@ def load_real_dir(
     skipped: list[str] = []
     for organ in ORGANS:
         limit = max(per_class, n_sources) if organ == "brain" else per_class
-        images, bad = load_real_images(
-            real_dir / organ, size, limit, seed, REAL_STREAM * 100 + ORGANS.index(organ)
+        decoded, bad = _decode_real_files(
+            real_dir / organ, limit, seed, REAL_STREAM * 100 + ORGANS.index(organ)
         )
-        if not images:
+        if not decoded:
             raise ValueError(f"no readable image in {real_dir / organ}")
         skipped += bad
-        real_sets[organ] = images[:per_class]
+        real_sets[organ] = [(name, finalize_gray(px, size)) for name, px in decoded[:per_class]]
         if organ == "brain":
-            brain_sources = images[:n_sources]
-            if inpaint_size not in (None, size):
-                stream = REAL_STREAM * 100 + ORGANS.index(organ)
-                again, _ = load_real_images(real_dir / organ, inpaint_size, limit, seed, stream)
-                brain_sources = again[:n_sources]
+            side = size if inpaint_size is None else inpaint_size
+            brain_sources = [(name, finalize_gray(px, side)) for name, px in decoded[:n_sources]]
     return real_sets, brain_sources, skipped
 
 

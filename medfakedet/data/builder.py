@@ -121,14 +121,16 @@ def _checked_options(
     inpaint_kinds: Iterable[str],
     inpaint_fractions: tuple[float, float, float],
     encode: str = "random",
+    inpaint_size: int | None = None,
 ) -> tuple[tuple[str, ...], tuple[float, ...]]:
     """Refuse bad options before anything is written; returns (kinds, fractions) normalised."""
     if encode not in ENCODE_MODES:
         raise ValueError(f"encode must be one of {', '.join(ENCODE_MODES)}; got {encode!r}")
-    if per_class < 1 or inpaint < 0 or not 32 <= size <= 4096:
+    sides = (size, size if inpaint_size is None else inpaint_size)
+    if per_class < 1 or inpaint < 0 or not all(32 <= s <= 4096 for s in sides):
         raise ValueError(
             f"need per_class >= 1, inpaint >= 0 and 32 <= size <= 4096; got {per_class}, "
-            f"{inpaint}, {size}"
+            f"{inpaint}, {size}" + ("" if sides[0] == sides[1] else f" (inpaint {sides[1]})")
         )
     kinds = tuple(dict.fromkeys(inpaint_kinds))
     unknown = sorted(set(kinds) - set(MANIPULATIONS))
@@ -254,9 +256,8 @@ def build_datasets(
     load_at_start = _load_average()
     inpaint_size = size if inpaint_size is None else inpaint_size
     inpaint_kinds, fractions = _checked_options(
-        per_class, inpaint, size, inpaint_kinds, inpaint_fractions, encode
+        per_class, inpaint, size, inpaint_kinds, inpaint_fractions, encode, inpaint_size
     )
-    _checked_options(per_class, inpaint, inpaint_size, inpaint_kinds, inpaint_fractions, encode)
     fake_options = _checked_fake_options(fake_options or FakeOptions())
     out = Path(out)
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))

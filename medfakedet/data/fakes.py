@@ -39,15 +39,9 @@ from torch import nn
 
 from .gan import GANSynthesizer
 from .synth_base import (
-    MAX_WORK_SIZE,
     FittedBase,
-    build_seeded,
-    capped_shape,
     finish,
     random_patches,
-    resize,
-    stack_reals,
-    torch_seed,
     train_adam,
 )
 
@@ -332,18 +326,15 @@ class DecoderResynthSynthesizer(FittedBase):
 
     def fit(self, reals: list[np.ndarray], rng: np.random.Generator, time_budget_s: float) -> None:
         self.models, self.steps_trained = [], 0
-        self._reals, self._shape = stack_reals(reals)  # once: every decoder learns the same
-        self._work = resize(self._reals, capped_shape(self._shape, MAX_WORK_SIZE))
+        self._work = self._keep_reals(reals)  # once: every decoder learns the same
         for kind in DECODER_UPSAMPLERS:
-            seed = torch_seed(rng)
-            model = build_seeded(seed, lambda k=kind: _DecoderAE(k))
+            model, gen = self._seeded_model(rng, lambda k=kind: _DecoderAE(k))
 
             def loss(g: torch.Generator, m: nn.Module = model) -> torch.Tensor:
                 x = random_patches(self._work, 16, self.patch, g)
                 return F.l1_loss(m(x), x)
 
             share = time_budget_s / len(DECODER_UPSAMPLERS)
-            gen = torch.Generator().manual_seed(seed)
             self.steps_trained += train_adam(model, loss, gen, self.max_steps, share, lr=2e-3)
             self.models.append(model)
 

@@ -144,11 +144,24 @@ class FittedBase:
     ) -> tuple[torch.Tensor, nn.Module, torch.Generator]:
         """Keep the reals and build the seeded model; returns (reals resized to ``work_shape``,
         None: the capped patch shape; the model; the training generator)."""
+        work = self._keep_reals(reals, work_shape)
+        return (work, *self._seeded_model(rng, factory))
+
+    def _keep_reals(
+        self, reals: list[np.ndarray], work_shape: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Keep the reals; returns them resized to ``work_shape`` (None: the capped patch
+        shape)."""
         self._reals, self._shape = stack_reals(reals)
-        work = resize(self._reals, work_shape or capped_shape(self._shape, MAX_WORK_SIZE))
+        return resize(self._reals, work_shape or capped_shape(self._shape, MAX_WORK_SIZE))
+
+    @staticmethod
+    def _seeded_model(
+        rng: np.random.Generator, factory: Callable[[], nn.Module]
+    ) -> tuple[nn.Module, torch.Generator]:
+        """A model of ``factory`` seeded from ``rng``, and its training generator."""
         seed = torch_seed(rng)
-        model = build_seeded(seed, factory)
-        return work, model, torch.Generator().manual_seed(seed)
+        return build_seeded(seed, factory), torch.Generator().manual_seed(seed)
 
     def _sampling(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Generator]:
         """(fitted reals, sampling generator) at the start of ``sample``."""
