@@ -164,6 +164,13 @@ def raw_rows(artifacts: Path, plan: Plan) -> list[dict]:
     return rows
 
 
+#: Idle time before each call of the paced single-image p50: about one served c=1 request's
+#: round trip. Back-to-back calls keep the cores, caches and OpenMP threads hot; a served c=1
+#: stream leaves them idle between forwards (session 23 on the AMD EPYC: 17-22 ms back-to-back,
+#: 21-26 ms with 20-50 ms between calls, the same predictor in the same process).
+PACE_S = 0.03
+
+
 def in_process_rows(artifacts: Path, image: SampleImage, paths: dict, plan: Plan) -> list[dict]:
     """The predictors on the served path: p50 of one image per call, img/s of a batch."""
     from medfakedet.predictors import DensityPredictor, Synthesis8Predictor
@@ -171,15 +178,21 @@ def in_process_rows(artifacts: Path, image: SampleImage, paths: dict, plan: Plan
     rows = []
     for task, cls in zip(MODELS, (Synthesis8Predictor, DensityPredictor), strict=True):
         predictor = cls.from_artifact(artifacts / task, "cpu", cpu_path=paths.get(task, "auto"))
-        one = []
+        one, paced = [], []
         for _ in range(10 if plan.quick else 50):
             start = time.perf_counter()
             predictor.predict([image.data])
             one.append(time.perf_counter() - start)
+        for _ in range(10 if plan.quick else 50):
+            time.sleep(PACE_S)  # idle cores between calls, as between served c=1 requests
+            start = time.perf_counter()
+            predictor.predict([image.data])
+            paced.append(time.perf_counter() - start)
         batch = 16 if task == "synthesis8" else 8
         rate = _rate(lambda p=predictor, b=batch: p.predict([image.data] * b), batch, plan.seconds)
         rows.append({"model": task, "path": predictor.cpu_path.name,
                      "p50_ms_b1": round(1000 * float(np.median(one)), 1),
+                     "p50_ms_b1_paced": round(1000 * float(np.median(paced)), 1),
                      "img_s_b1": round(len(one) / sum(one), 1), "batch": batch,
                      "img_s_batch": round(rate, 1)})  # fmt: skip
     return rows

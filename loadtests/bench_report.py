@@ -130,8 +130,14 @@ def write_report(doc: dict, out: Path) -> None:
         "## Predictors in process",
         "",
         *_table(
-            doc["in_process"], ["model", "path", "p50_ms_b1", "img_s_b1", "batch", "img_s_batch"]
+            doc["in_process"],
+            ["model", "path", "p50_ms_b1", "p50_ms_b1_paced", "img_s_b1", "batch", "img_s_batch"],
         ),
+        "`p50_ms_b1`: single images back to back (the c=1 target's baseline); "
+        "`p50_ms_b1_paced`: single images with 30 ms of idle cores before each call, as between "
+        "served c=1 requests (not a target: it shows how much of the served c=1 latency the idle "
+        "gap alone costs).",
+        "",
         "## Served (one upload per request; `off` = batchSize 1; peer = Flask, no batching)",
         "",
         *_table(

@@ -29,6 +29,9 @@ def test_quick_bench_writes_every_table_and_the_targets(stack, tmp_path):
     # the in-process predictors run on the path the served models chose at load
     chosen = {m: r["cpu_path"] for m, r in doc["served_runtime"].items()}
     assert {r["model"]: r["path"] for r in doc["in_process"]} == chosen
+    # single images back to back and with idle cores before each call (the c=1 stream's gaps)
+    assert all(r["p50_ms_b1"] > 0 and r["p50_ms_b1_paced"] > 0 for r in doc["in_process"])
+    assert "| p50_ms_b1 | p50_ms_b1_paced |" in out.read_text()
     # CPU accounting where the benchmark started the server (the peer here; its own stacks in a
     # full run): each request cost the client and the server some CPU, the server more.
     peer = [r for r in doc["served"] if r["target"] == "peer"]
