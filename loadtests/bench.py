@@ -193,6 +193,7 @@ def in_process_rows(artifacts: Path, image: SampleImage, paths: dict, plan: Plan
         rows.append({"model": task, "path": predictor.cpu_path.name,
                      "p50_ms_b1": round(1000 * float(np.median(one)), 1),
                      "p50_ms_b1_paced": round(1000 * float(np.median(paced)), 1),
+                     "pace_ms": round(1000 * PACE_S),
                      "img_s_b1": round(len(one) / sum(one), 1), "batch": batch,
                      "img_s_batch": round(rate, 1)})  # fmt: skip
     return rows

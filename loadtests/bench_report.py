@@ -98,6 +98,7 @@ def cpu_rows(served: list[dict], cores: int | None) -> list[dict]:
 def write_report(doc: dict, out: Path) -> None:
     """Write the Markdown report of ``doc`` (what :func:`loadtests.bench.run` returns)."""
     machine = doc["machine"]
+    pace = next((r["pace_ms"] for r in doc["in_process"] if "pace_ms" in r), "?")
     lines = [
         "# Performance",
         "",
@@ -134,9 +135,9 @@ def write_report(doc: dict, out: Path) -> None:
             ["model", "path", "p50_ms_b1", "p50_ms_b1_paced", "img_s_b1", "batch", "img_s_batch"],
         ),
         "`p50_ms_b1`: single images back to back (the c=1 target's baseline); "
-        "`p50_ms_b1_paced`: single images with 30 ms of idle cores before each call, as between "
-        "served c=1 requests (not a target: it shows how much of the served c=1 latency the idle "
-        "gap alone costs).",
+        f"`p50_ms_b1_paced`: single images with {pace} ms of idle cores before each call, as "
+        "between served c=1 requests (not a target: it shows how much of the served c=1 latency "
+        "the idle gap alone costs).",
         "",
         "## Served (one upload per request; `off` = batchSize 1; peer = Flask, no batching)",
         "",
