@@ -171,6 +171,18 @@ def raw_rows(artifacts: Path, plan: Plan) -> list[dict]:
 PACE_S = 0.03
 
 
+def _single_image_seconds(predictor, image: SampleImage, calls: int, pause_s: float) -> list:
+    """Seconds of each of ``calls`` one-image predictions, ``pause_s`` of idle before each."""
+    seconds = []
+    for _ in range(calls):
+        if pause_s:
+            time.sleep(pause_s)
+        start = time.perf_counter()
+        predictor.predict([image.data])
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def in_process_rows(artifacts: Path, image: SampleImage, paths: dict, plan: Plan) -> list[dict]:
     """The predictors on the served path: p50 of one image per call, img/s of a batch."""
     from medfakedet.predictors import DensityPredictor, Synthesis8Predictor
@@ -178,16 +190,10 @@ def in_process_rows(artifacts: Path, image: SampleImage, paths: dict, plan: Plan
     rows = []
     for task, cls in zip(MODELS, (Synthesis8Predictor, DensityPredictor), strict=True):
         predictor = cls.from_artifact(artifacts / task, "cpu", cpu_path=paths.get(task, "auto"))
-        one, paced = [], []
-        for _ in range(10 if plan.quick else 50):
-            start = time.perf_counter()
-            predictor.predict([image.data])
-            one.append(time.perf_counter() - start)
-        for _ in range(10 if plan.quick else 50):
-            time.sleep(PACE_S)  # idle cores between calls, as between served c=1 requests
-            start = time.perf_counter()
-            predictor.predict([image.data])
-            paced.append(time.perf_counter() - start)
+        calls = 10 if plan.quick else 50
+        one = _single_image_seconds(predictor, image, calls, pause_s=0.0)
+        # idle cores before each call, as between served c=1 requests
+        paced = _single_image_seconds(predictor, image, calls, pause_s=PACE_S)
         batch = 16 if task == "synthesis8" else 8
         rate = _rate(lambda p=predictor, b=batch: p.predict([image.data] * b), batch, plan.seconds)
         rows.append({"model": task, "path": predictor.cpu_path.name,
@@ -208,11 +214,11 @@ def warm_up(urls: dict[str, str], image: SampleImage, requests_per_model: int = 
     cell still cost the frontend 8-10 CPU ms a request against 3-4 in the cells after it, and
     the first c=16 cell of a stack gave 60-79 req/s against 76-88 for the next (session 22)."""
     levels = (1, 8, 16)
+    n = requests_per_model // len(levels)
     for target, url in urls.items():
         route = "predictions" if target == "torchserve" else "detect"
         for endpoint in ("synthesis8",) if target == "peer" else MODELS:
             for level in levels:
-                n = requests_per_model // len(levels)
                 bench_server(url, endpoint, [image], n, level, route=route)
 
 
