@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from medfakedet import __version__
+from medfakedet.density import RegionScorer
 from medfakedet.hashing import file_sha256
 from medfakedet.labels import CLASS_NAMES
 from medfakedet.models import build_model
@@ -65,7 +66,14 @@ class Artifact:
 
 def _check_calibration(task: str, calibration: dict[str, Any]) -> dict[str, Any]:
     merged = {**DEFAULT_CALIBRATION[task], **calibration}
+    if task == "manipulation_density" and "region_scorer" in merged:
+        try:
+            merged["region_scorer"] = RegionScorer.from_dict(merged["region_scorer"]).to_dict()
+        except ValueError as exc:
+            raise ArtifactError(f"calibration region_scorer: {exc}") from None
     for key, value in merged.items():
+        if key == "region_scorer":
+            continue
         if not isinstance(value, int | float) or not math.isfinite(value):
             raise ArtifactError(f"calibration {key}={value!r} is not a finite number")
     if task == "synthesis8" and merged["temperature"] <= 0:

@@ -122,7 +122,12 @@ class DensityCard(ModelCard):
         description="form field min_area: smallest box in pixels of the model grid (calibrated)"
     )
     presence_threshold: Probability = Field(
-        description="is_manipulated when the density map's maximum reaches it (calibrated)"
+        description="is_manipulated when the presence score reaches it (calibrated)"
+    )
+    region_scoring: Literal["peak", "fitted"] = Field(
+        description="a region's score (and presence_score, the highest): 'peak', the region's "
+        "maximum of the density map; 'fitted', a logistic fit on validation regions of the "
+        "region's peak, mean, area, fill, mass and aspect"
     )
     grid: ImageSize = Field(description="the model's input grid (min_area is counted on it)")
 
@@ -194,6 +199,7 @@ def model_card(predictor: Any) -> dict:
             threshold={"default": predictor.defaults.threshold, "min": 0.0, "max": 1.0},
             min_area={"default": predictor.defaults.min_area, "min": 0, "max": predictor.max_area},
             presence_threshold=predictor.presence_threshold,
+            region_scoring="peak" if predictor.region_scorer is None else "fitted",
             grid={"width": size, "height": size},
         )
     return CARD_MODELS[task].model_validate(card).model_dump(mode="json")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from medfakedet import checkset, fastpath
 from medfakedet.artifacts import Artifact, ArtifactError, load_artifact
+from medfakedet.density import RegionScorer
 from medfakedet.imaging import (
     DecodedImage,
     DecodeLimits,
@@ -347,6 +348,8 @@ class DensityPredictor(_Predictor):
         self.defaults = DensityParams(
             threshold=float(cal["box_threshold"]), min_area=int(cal["min_area"])
         )
+        scorer = cal.get("region_scorer")  # regions scored by a fit on val, not by their peak
+        self.region_scorer = None if scorer is None else RegionScorer.from_dict(scorer)
 
     def agreement_check(self):
         score = fastpath.box_agreement(self.defaults.threshold, self.defaults.min_area)
@@ -379,7 +382,13 @@ class DensityPredictor(_Predictor):
         self, image: DecodedImage, density: np.ndarray, p: DensityParams, check: InDistribution
     ) -> dict:
         result = density_result(
-            density, image.size, p, self.presence_threshold, self.model_version, check
+            density,
+            image.size,
+            p,
+            self.presence_threshold,
+            self.model_version,
+            check,
+            self.region_scorer,
         )
         if p.return_density:
             result["density_png"] = png_base64(density)

@@ -95,9 +95,10 @@ class Findings:
 
     Attributes:
         manipulated: ``presence_score >= presence_threshold``.
-        presence_score: the maximum of the raw map.
-        boxes: regions reaching ``threshold`` with at least ``min_area`` pixels whose own peak
-            reaches the presence threshold, highest score first.
+        presence_score: the maximum of the raw map; with a region scorer, the highest score of
+            a region (0 when no region reaches the box threshold with ``min_area`` pixels).
+        boxes: regions reaching ``threshold`` with at least ``min_area`` pixels whose own score
+            (peak, or the scorer's) reaches the presence threshold, highest score first.
     """
 
     manipulated: bool
@@ -106,13 +107,25 @@ class Findings:
 
 
 def detect_regions(
-    density: np.ndarray, threshold: float, min_area: int, presence_threshold: float
+    density: np.ndarray,
+    threshold: float,
+    min_area: int,
+    presence_threshold: float,
+    scorer: maps.RegionScorer | None = None,
 ) -> Findings:
     """The served rule, used by serving and evaluation alike.
 
     A region counts only when its own peak reaches the presence threshold (hysteresis), so every
-    box is a region the model calls manipulated, and faint blobs give no box.
+    box is a region the model calls manipulated, and faint blobs give no box. With a ``scorer``
+    (fitted on validation, in the artifact's calibration) a region's score is the scorer's
+    probability instead of its peak, and the image is manipulated when a region's score
+    reaches the presence threshold.
     """
+    if scorer is not None:
+        regions = maps.scored_boxes(density, threshold, min_area, scorer)
+        top = regions[0].score if regions else 0.0
+        boxes = [b for b in regions if b.score >= presence_threshold]
+        return Findings(bool(top >= presence_threshold), top, boxes)
     score = maps.presence_score(density)
     boxes = maps.density_to_boxes(density, threshold, min_area, min_peak=presence_threshold)
     return Findings(bool(score >= presence_threshold), score, boxes)
@@ -229,7 +242,10 @@ class DensityResult(InDistributionFields):
         description="manipulated / untouched, or uncertain (then boxes is empty)"
     )
     is_manipulated: bool = Field(description="the model's raw call (presence threshold)")
-    presence_score: float = Field(description="maximum of the raw density map")
+    presence_score: float = Field(
+        description="maximum of the raw density map, or the highest region score where the "
+        "model card says region_scoring 'fitted'"
+    )
     presence_threshold: Probability
     threshold: Probability = Field(description="the box level used (form field thr)")
     min_area: int = Field(ge=0, description="smallest box, in pixels of the model grid")
@@ -402,13 +418,14 @@ def density_result(
     presence_threshold: float,
     model_version: str,
     check: InDistribution = UNKNOWN,
+    scorer: maps.RegionScorer | None = None,
 ) -> dict:
     """The :class:`DensityResult` of one raw density map (model resolution) for an upload of
     ``image_size`` = (width, height) and its in-distribution ``check``; PNGs
     (``return_density``) are added by the caller. An image out of distribution gets no boxes."""
     model_size = (density.shape[1], density.shape[0])
     # Boxes on the RAW map at model resolution (min_area is in model pixels), then scaled.
-    found = detect_regions(density, params.threshold, params.min_area, presence_threshold)
+    found = detect_regions(density, params.threshold, params.min_area, presence_threshold, scorer)
     verdict = density_verdict(found.manipulated, check)
     boxes = [] if verdict == "uncertain" else maps.scale_boxes(found.boxes, model_size, image_size)
     width, height = (int(v) for v in image_size)

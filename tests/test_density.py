@@ -9,10 +9,13 @@ import pytest
 from PIL import Image
 
 from medfakedet.density import (
+    REGION_FEATURES,
     Box,
+    RegionScorer,
     box_iou,
     boxes_to_yolo,
     density_from_uint8,
+    density_regions,
     density_to_boxes,
     density_to_png_uint8,
     mask_to_boxes,
@@ -20,6 +23,7 @@ from medfakedet.density import (
     match_boxes,
     presence_score,
     scale_boxes,
+    scored_boxes,
     yolo_to_boxes,
 )
 
@@ -315,3 +319,65 @@ def test_yolo_bad_line_names_the_line() -> None:
         yolo_to_boxes(["0 0.5 0.5 0.1 0.1", "0 0.5 0.5"], 128, 128)
     with pytest.raises(ValueError, match="line 1"):
         yolo_to_boxes(["0 a b c d"], 128, 128)
+
+
+# --------------------------------------------------------------------------------------------
+# regions and the region scorer
+
+
+def _area_scorer(weight: float = 4.0) -> RegionScorer:
+    """A scorer that reads only log_area: regions above about 50 pixels score over 0.5."""
+    weights = [0.0] * len(REGION_FEATURES)
+    weights[REGION_FEATURES.index("log_area")] = weight
+    return RegionScorer(
+        mean=(0.0,) * 6, scale=(1.0,) * 6, weights=tuple(weights), bias=-weight * np.log(50)
+    )
+
+
+def test_density_regions_measure_each_region() -> None:
+    density = np.zeros((40, 40))
+    density[2:6, 2:12] = 0.5  # 4 x 10 = 40 pixels, uniform
+    density[3, 3] = 0.9
+    density[20:30, 20:30] = 0.8  # 100 pixels
+    density[20, 20] = 0.0  # a hole in the corner: fill 99 / 100
+    density[35, 35] = 0.9  # 1 pixel: below min_area
+    boxes, features = density_regions(density, 0.3, min_area=2)
+    assert [_coords(b) for b in boxes] == [(2, 2, 12, 6), (20, 20, 30, 30)]
+    assert features.shape == (2, len(REGION_FEATURES))
+    first = dict(zip(REGION_FEATURES, features[0], strict=True))
+    assert first["peak"] == pytest.approx(0.9) and boxes[0].score == pytest.approx(0.9)
+    assert first["mean"] == pytest.approx((39 * 0.5 + 0.9) / 40)
+    assert first["log_area"] == pytest.approx(np.log(40)) and first["fill"] == 1.0
+    assert first["log_mass"] == pytest.approx(np.log(39 * 0.5 + 0.9))
+    assert first["log_aspect"] == pytest.approx(np.log(10 / 4))
+    second = dict(zip(REGION_FEATURES, features[1], strict=True))
+    assert second["fill"] == pytest.approx(0.99) and second["log_aspect"] == 0.0
+    empty_boxes, empty = density_regions(np.zeros((8, 8)), 0.3, 1)
+    assert empty_boxes == [] and empty.shape == (0, len(REGION_FEATURES))
+
+
+def test_the_region_scorer_ranks_regions_by_its_fit_not_their_peak() -> None:
+    density = np.zeros((40, 40))
+    density[2:6, 2:6] = 0.95  # 16 pixels, the highest peak
+    density[20:30, 20:30] = 0.6  # 100 pixels
+    scorer = _area_scorer()
+    boxes = scored_boxes(density, 0.3, 1, scorer)
+    assert [_coords(b) for b in boxes] == [(20, 20, 30, 30), (2, 2, 6, 6)]
+    assert boxes[0].score == pytest.approx(1 / (1 + (50 / 100) ** 4))
+    assert boxes[1].score == pytest.approx(1 / (1 + (50 / 16) ** 4))
+    # the peak rule ranks them the other way round
+    assert [_coords(b) for b in density_to_boxes(density, 0.3, 1)][0] == (2, 2, 6, 6)
+
+
+def test_the_region_scorer_round_trips_and_refuses_malformed_fits() -> None:
+    scorer = _area_scorer()
+    assert RegionScorer.from_dict(scorer.to_dict()) == scorer
+    assert RegionScorer.from_dict(scorer) is scorer
+    with pytest.raises(ValueError, match="mapping over the features"):
+        RegionScorer.from_dict({**scorer.to_dict(), "features": ["peak"]})
+    with pytest.raises(ValueError, match="missing or has a malformed field"):
+        RegionScorer.from_dict({k: v for k, v in scorer.to_dict().items() if k != "bias"})
+    with pytest.raises(ValueError, match="weights must be 6 finite numbers"):
+        RegionScorer((0.0,) * 6, (1.0,) * 6, (float("nan"),) * 6, 0.0)
+    with pytest.raises(ValueError, match="scales must be > 0"):
+        RegionScorer((0.0,) * 6, (0.0,) * 6, (1.0,) * 6, 0.0)

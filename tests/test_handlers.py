@@ -194,6 +194,7 @@ def test_density_card_has_the_calibrated_defaults_and_a_card_batch_runs_no_model
     assert card.threshold.model_dump() == {"default": 0.28, "min": 0.0, "max": 1.0}
     assert card.min_area.model_dump() == {"default": 20, "min": 0, "max": 128 * 128}
     assert card.presence_threshold == 0.5 and card.grid.width == card.grid.height == 128
+    assert card.region_scoring == "peak"  # no region scorer in this artifact's calibration
     assert card.input.fields == ["thr", "min_area", "return_density", "preview"]
     assert card.model_sha256 == _sha256(Path(density_dir) / "model.safetensors")
 

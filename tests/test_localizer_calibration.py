@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from medfakedet.artifacts import load_artifact
-from medfakedet.density import Box
-from training.calibration import calibrate_localizer, false_alarm_limited_thresholds
+from medfakedet.density import Box, RegionScorer, scored_boxes
+from training.calibration import (
+    calibrate_localizer,
+    false_alarm_limited_thresholds,
+    fit_region_scorer,
+)
 from training.evaluate import open_dataset
 from training.inference import LocalizerPredictions, predict_localizer
 from training.task_metrics import compute_localizer_metrics
@@ -98,3 +102,58 @@ def test_train_kinds_leave_other_manipulations_out_of_training(built_dataset):
     assert [i for i in range(len(train)) if of[i] <= {"lesion"}] == kept
     assert {"lesion"} in of.values() and not set().union(*of.values()) <= {"lesion"}
     assert len(LocalizerTask(LocalizerConfig()).train_indices(train)) == len(train)
+
+
+def spike_and_blob_maps() -> LocalizerPredictions:
+    """30 untouched 32x32 maps with a 3x3 spike at 0.97 (a hot spot on untouched tissue) and
+    30 manipulated ones with a 10x10 blob at 0.9 on their one true box, 10 of them also with a
+    spike: the peak cannot tell the two apart, the region's area and mean can."""
+    n = 60
+    density = np.zeros((n, 32, 32), dtype=np.float32)
+    present = np.arange(n) >= 30
+    gt_boxes = []
+    for i in range(n):
+        if not present[i] or i < 40:
+            density[i, 2:5, 2:5] = 0.97
+        if present[i]:
+            density[i, 15:25, 12:22] = 0.9
+            density[i, 15, 12] = 0.6  # a corner below the peak: mean < peak
+        gt_boxes.append([Box(12, 15, 22, 25)] if present[i] else [])
+    gt_mask = np.zeros_like(density, dtype=bool)
+    return LocalizerPredictions(
+        density=density,
+        mask_pred=gt_mask.copy(),
+        gt_mask=gt_mask,
+        gt_boxes=gt_boxes,
+        present=present,
+        ids=[f"m{k}" for k in range(n)],
+    )
+
+
+def test_a_region_scorer_finds_what_the_peak_rule_cannot_under_the_limit():
+    pred = spike_and_blob_maps()
+    peak, peak_f1 = calibrate_localizer(pred, 1, max_false_alarm=0.05)
+    # The spikes outrank every blob: the peak rule must drop the blobs to drop the spikes.
+    assert peak_f1 == 0.0 and "region_scorer" not in peak
+    scored, f1 = calibrate_localizer(pred, 1, max_false_alarm=0.05, region_scorer=True)
+    assert f1 == 1.0 and scored["min_area"] == 1
+    scorer = RegionScorer.from_dict(scored["region_scorer"])
+    m = compute_localizer_metrics(pred, **scored)
+    assert m["region_scorer"] is True
+    assert m["presence"]["false_alarm"] == 0.0 and m["presence"]["recall"] == 1.0
+    assert m["boxes"]["iou_0.5"]["f1"] == 1.0
+    # the served scores: every blob above the presence threshold, every spike below it
+    blob = scored_boxes(pred.density[30], scored["box_threshold"], 1, scorer)
+    assert [(b.x1, b.y1, b.x2, b.y2) for b in blob if b.score >= scored["presence_threshold"]] == [
+        (12, 15, 22, 25)
+    ]
+    # without the false-alarm limit (the paper's calibration) the flag is ignored
+    assert "region_scorer" not in calibrate_localizer(pred, 1, region_scorer=True)[0]
+
+
+def test_no_region_scorer_without_both_kinds_of_region():
+    pred = spike_and_blob_maps()
+    only_blobs = pred.density.copy()
+    only_blobs[:, 2:5, 2:5] = 0.0
+    assert fit_region_scorer(only_blobs[30:], pred.gt_boxes[30:], 0.5, 1) is None
+    assert fit_region_scorer(pred.density, pred.gt_boxes, 0.5, 1) is not None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
+import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,6 +19,7 @@ import torch
 from PIL import Image
 
 from medfakedet.artifacts import ArtifactError, save_artifact
+from medfakedet.density import REGION_FEATURES, RegionScorer
 from medfakedet.deploy import stage_archive_files
 from medfakedet.imaging import decode_image, encode_png
 from medfakedet.labels import CLASS_NAMES
@@ -137,6 +140,41 @@ def test_min_area_is_counted_on_the_model_grid(density_dir):
     assert p.predict([tiny], [DensityParams(0.28, 16, False)])[0]["count"] == 1
     result = p.predict([tiny], [DensityParams(0.28, 17, False)])[0]
     assert result["count"] == 0 and "lower thr or min_area" in result["message"]
+
+
+def test_a_region_scorer_in_the_calibration_decides_which_regions_are_served(density_dir, tmp_path):
+    # The same bright-region localizer, with a scorer that reads only a region's pixel count:
+    # on the 128-px grid regions of more than about 200 pixels score over 0.5.
+    weights = [0.0] * len(REGION_FEATURES)
+    weights[REGION_FEATURES.index("log_area")] = 4.0
+    scorer = RegionScorer((0.0,) * 6, (1.0,) * 6, tuple(weights), -4.0 * np.log(200))
+    meta = json.loads((density_dir / "artifact.json").read_text())
+    meta["calibration"]["region_scorer"] = scorer.to_dict()
+    scored_dir = tmp_path / "scored"
+    shutil.copytree(density_dir, scored_dir)
+    (scored_dir / "artifact.json").write_text(json.dumps(meta))
+    img = np.full((128, 128), 0.1, np.float32)
+    img[40:72, 30:70] = 0.9  # 1,280 pixels
+    img[100:110, 100:110] = 0.9  # 100 pixels: a bright spot, peak as high as the other
+    upload = encode_png(img)
+    plain, scored = (
+        DensityPredictor.from_artifact(d).predict([upload])[0] for d in (density_dir, scored_dir)
+    )
+    assert plain["count"] == 2 and scored["count"] == 1
+    assert [(b["x1"], b["y1"], b["x2"], b["y2"]) for b in scored["boxes"]] == [(30, 40, 70, 72)]
+    assert scored["boxes"][0]["score"] == pytest.approx(1 / (1 + (200 / 1280) ** 4), abs=1e-3)
+    assert scored["presence_score"] == pytest.approx(scored["boxes"][0]["score"], abs=1e-4)
+    assert scored["is_manipulated"] and scored["verdict"] == "manipulated"
+    # only the spot: its region scores under the presence threshold (0.5), so no manipulation
+    spot = np.full((128, 128), 0.1, np.float32)
+    spot[100:110, 100:110] = 0.9
+    alone = DensityPredictor.from_artifact(scored_dir).predict([encode_png(spot)])[0]
+    assert alone["count"] == 0 and not alone["is_manipulated"]
+    assert alone["presence_score"] < 0.5
+    meta["calibration"]["region_scorer"] = {**scorer.to_dict(), "weights": [1.0]}
+    (scored_dir / "artifact.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="region_scorer: region scorer weights must be 6"):
+        DensityPredictor.from_artifact(scored_dir)
 
 
 def test_bad_params_and_artifacts(s8_dir, density_dir):

@@ -148,6 +148,7 @@ def _evaluate_localizer(
     artifact, dataset, out = run.artifact, run.dataset, run.out
     cal = artifact.calibration
     pt, bt, ma = cal["presence_threshold"], cal["box_threshold"], int(cal["min_area"])
+    rs = cal.get("region_scorer")  # regions scored by a fit on val (None: by their peak)
     kinds = read_manipulation_kinds(dataset.root)
     answered: dict[str, dict] = {}  # the served verdicts' shares, per condition
 
@@ -155,19 +156,21 @@ def _evaluate_localizer(
         p, inside = predict_localizer_with_checks(
             artifact, dataset, run.device, run.batch_size, corruption, run.show_progress
         )
-        answered[corruption or "clean"] = localizer_answer_metrics(p, inside, kinds, pt, bt, ma)
+        answered[corruption or "clean"] = localizer_answer_metrics(p, inside, kinds, pt, bt, ma, rs)
         return p
 
     clean, pred, rob = _over_conditions(
-        artifact.task, conditions, predict, lambda p: compute_localizer_metrics(p, pt, bt, ma)
+        artifact.task, conditions, predict, lambda p: compute_localizer_metrics(p, pt, bt, ma, rs)
     )
     result["metrics"] = clean
     result["verdicts"] = answered
     result["sweep"] = threshold_sweep(list(pred.density), pred.gt_boxes, pred.present, min_area=ma)
     if kinds:
-        result["by_kind"] = localizer_by_kind(pred, kinds, pt, bt, ma)
+        result["by_kind"] = localizer_by_kind(pred, kinds, pt, bt, ma, rs)
     plot_sweep(result["sweep"], {"presence thr": pt, "box thr": bt}, out / "threshold_sweep.png")
-    plot_localizer_examples(dataset, pred, bt, ma, out / "examples.png", presence_threshold=pt)
+    plot_localizer_examples(
+        dataset, pred, bt, ma, out / "examples.png", presence_threshold=pt, region_scorer=rs
+    )
     return rob
 
 

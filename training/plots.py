@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from medfakedet.density import presence_score
 from medfakedet.metrics import expected_calibration_error, roc_auc, roc_curve, softmax
-from medfakedet.schema import detect_regions
 from training.inference import LocalizerPredictions
+from training.task_metrics import served_findings
 
 
 def _pyplot():
@@ -127,6 +126,7 @@ def plot_localizer_examples(
     path: Path,
     n: int = 8,
     presence_threshold: float = 0.0,
+    region_scorer: Any = None,
 ) -> None:
     """A grid of images with the density overlaid, true boxes (green) and served ones (red)."""
     plt = _pyplot()
@@ -146,12 +146,15 @@ def plot_localizer_examples(
         d = pred.density[i]
         ax.imshow(image, cmap="gray", vmin=0, vmax=1)
         ax.imshow(np.ma.masked_less(d, 0.05), cmap="jet", alpha=0.35, vmin=0, vmax=1)
-        served = detect_regions(d, box_threshold, min_area, presence_threshold).boxes
-        for b, color in (*((b, "lime") for b in pred.gt_boxes[i]), *((b, "red") for b in served)):
+        (found,) = served_findings([d], presence_threshold, box_threshold, min_area, region_scorer)
+        for b, color in (
+            *((b, "lime") for b in pred.gt_boxes[i]),
+            *((b, "red") for b in found.boxes),
+        ):
             ax.add_patch(
                 Rectangle((b.x1 - 0.5, b.y1 - 0.5), b.width, b.height, fill=False, ec=color, lw=1.2)
             )
-        ax.set_title(f"{pred.ids[i]}\nscore {presence_score(d):.2f}", fontsize=7)
+        ax.set_title(f"{pred.ids[i]}\nscore {found.presence_score:.2f}", fontsize=7)
     fig.suptitle("green: ground truth, red: predicted boxes", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from medfakedet.density import RegionScorer
 from medfakedet.labels import CLASS_NAMES, FAKE_CLASS_INDICES, ORGANS, fake_probability, organ_of
 from medfakedet.metrics import (
     average_precision,
@@ -85,10 +86,18 @@ def compute_synthesis8_metrics(
 
 
 def served_findings(
-    densities: Sequence[np.ndarray], presence_threshold: float, box_threshold: float, min_area: int
+    densities: Sequence[np.ndarray],
+    presence_threshold: float,
+    box_threshold: float,
+    min_area: int,
+    region_scorer: RegionScorer | dict | None = None,
 ) -> list[Findings]:
-    """What serving reports for each map at the calibrated thresholds."""
-    return [detect_regions(d, box_threshold, min_area, presence_threshold) for d in densities]
+    """What serving reports for each map at the calibrated thresholds (and region scorer, as
+    stored in the artifact's calibration)."""
+    scorer = None if region_scorer is None else RegionScorer.from_dict(region_scorer)
+    return [
+        detect_regions(d, box_threshold, min_area, presence_threshold, scorer) for d in densities
+    ]
 
 
 def false_alarm_rate(present: np.ndarray, findings: Sequence[Findings]) -> float | None:
@@ -102,6 +111,7 @@ def compute_localizer_metrics(
     presence_threshold: float,
     box_threshold: float,
     min_area: int,
+    region_scorer: RegionScorer | dict | None = None,
 ) -> dict[str, Any]:
     """Presence, box, count and pixel metrics of raw density maps at calibrated thresholds.
 
@@ -110,7 +120,9 @@ def compute_localizer_metrics(
     thresholded at ``box_threshold`` against the ground-truth mask, and the mask head
     (logits > 0) against the same mask.
     """
-    findings = served_findings(pred.density, presence_threshold, box_threshold, min_area)
+    findings = served_findings(
+        pred.density, presence_threshold, box_threshold, min_area, region_scorer
+    )
     scores = np.array([f.presence_score for f in findings])
     presence = binary_metrics(pred.present, [f.manipulated for f in findings])
     presence.update(ranking_metrics(pred.present, scores))
@@ -128,6 +140,7 @@ def compute_localizer_metrics(
         "presence_threshold": float(presence_threshold),
         "box_threshold": float(box_threshold),
         "min_area": int(min_area),
+        "region_scorer": region_scorer is not None,
         "presence": presence,
         "boxes": box_metrics,
         "count_mae": box_metrics[f"iou_{BOX_IOUS[0]:g}"]["count_mae"],
@@ -142,6 +155,7 @@ def localizer_by_kind(
     presence_threshold: float,
     box_threshold: float,
     min_area: int,
+    region_scorer: RegionScorer | dict | None = None,
 ) -> list[dict[str, Any]]:
     """Presence and box recall per manipulation kind, as served (calibrated thresholds).
 
@@ -158,7 +172,9 @@ def localizer_by_kind(
             groups.setdefault(parts.pop() if parts else "untouched", []).append(i)
     rows = []
     for kind, idx in sorted(groups.items()):
-        findings = served_findings(pred.density[idx], presence_threshold, box_threshold, min_area)
+        findings = served_findings(
+            pred.density[idx], presence_threshold, box_threshold, min_area, region_scorer
+        )
         boxes = [f.boxes for f in findings]
         gt = [pred.gt_boxes[i] for i in idx]
         n_regions = sum(len(g) for g in gt)

@@ -156,6 +156,7 @@ def localizer_answer_metrics(
     presence_threshold: float,
     box_threshold: float,
     min_area: int,
+    region_scorer: Any = None,
 ) -> dict[str, Any]:
     """The localizer's acceptance numbers of one condition, as served.
 
@@ -164,7 +165,9 @@ def localizer_answer_metrics(
     images; per manipulation kind (images whose regions are all of that kind): the share
     answered ``manipulated`` (recall) and the box F1 / recall at IoU 0.5 of the served boxes
     (none for an uncertain answer, as served)."""
-    findings = served_findings(pred.density, presence_threshold, box_threshold, min_area)
+    findings = served_findings(
+        pred.density, presence_threshold, box_threshold, min_area, region_scorer
+    )
     flagged = np.array([f.manipulated for f in findings])
     verdict = np.array(
         [
