@@ -196,6 +196,18 @@ def test_fit_temperature_recovers_two_on_overconfident_logits() -> None:
     )
 
 
+def test_fit_temperature_does_not_sharpen_on_a_perfectly_separated_split() -> None:
+    # Every image right: the NLL falls without limit as T shrinks, and the fit would reach its
+    # lower bound on no evidence; it keeps T = 1 instead.
+    logits = np.array([[2.0, 0.0], [0.0, 1.5], [1.0, 0.2], [0.1, 0.9]])
+    labels = [0, 1, 0, 1]
+    assert negative_log_likelihood(logits, labels, 0.05) < negative_log_likelihood(logits, labels)
+    assert fit_temperature(logits, labels) == 1.0
+    # one mistake is evidence: the fit is a real minimum again
+    t = fit_temperature(logits, [0, 1, 1, 1])
+    assert t != 1.0 and 0.05 < t < 20.0
+
+
 # --------------------------------------------------------------------------------------------
 # boxes and pixels
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from medfakedet.metrics import softmax
 from medfakedet.ood import OODStatistics, captured_features, model_features, stacked
+from training.calibration import fit_temperature
 from training.common import fixed_subset
 from training.inference import predict_synthesis8
 
@@ -112,7 +113,6 @@ def calibrate_abstention(
     train_idx: Sequence[int],
     clean_val: Any,
     degraded_val: Any,
-    temperature: float,
     device: torch.device,
     batch_size: int = 128,
     draws: int = 2,
@@ -120,11 +120,14 @@ def calibrate_abstention(
     max_false_fake: float = 0.01,
     max_uncertain: float = 0.1,
     seed: int = 42,
-) -> tuple[OODStatistics, tuple[float, float], dict[str, float]]:
-    """``(statistics, (grey_low, grey_high), validation shares)``.
+) -> tuple[OODStatistics, float, tuple[float, float], dict[str, float]]:
+    """``(statistics, temperature, (grey_low, grey_high), validation shares)``.
 
     ``clean_train`` / ``degraded_train`` and ``clean_val`` / ``degraded_val``: the splits
-    without and with the training degradations; ``draws``: degraded copies of each."""
+    without and with the training degradations; ``draws``: degraded copies of each. The
+    temperature is fitted on the clean and degraded val images together: on clean val alone a
+    model that separates every image sharpens without limit (:func:`fit_temperature`), while
+    uploads come re-encoded and resized."""
     train_idx = list(train_idx)
     labels = np.asarray(clean_train.targets)
     clean = [train_idx[i] for i in fixed_subset(len(train_idx), CLEAN_TRAIN_IMAGES, seed + 1)]
@@ -143,8 +146,9 @@ def calibrate_abstention(
     val_feats = stacked(found)
     stats = OODStatistics.fit(_concat(feats), np.concatenate(groups), val_feats, coverage)
     inside, _ = stats.check(val_feats)
-    probs = softmax(np.concatenate(logits), temperature)
     y = np.concatenate(val_labels)
+    temperature = fit_temperature(np.concatenate(logits), y)
+    probs = softmax(np.concatenate(logits), temperature)
     p_fake, called, is_fake = probs[:, 1::2].sum(axis=1), probs.argmax(axis=1) % 2 == 1, y % 2 == 1
     low, high = budgeted_grey_zone(p_fake, called, is_fake, inside, max_false_fake, max_uncertain)
     uncertain = ~inside | ((p_fake > low) & (p_fake < high))
@@ -155,4 +159,4 @@ def calibrate_abstention(
         "val_uncertain": float(uncertain.mean()),
         "val_fake_answered_fake": float(answered_fake[is_fake].mean()),
     }
-    return stats, (low, high), shares
+    return stats, temperature, (low, high), shares

@@ -186,17 +186,15 @@ class Synthesis8Task(TrainingTask):
 
     def calibrate(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
         p = self._val_predictions(model)
-        temperature = fit_temperature(p["logits"], p["labels"])
-        val = compute_synthesis8_metrics(p["logits"], p["labels"], temperature)
-        cal = val["calibration"]
         # Abstention: grey zone of P(fake) on val; class-wise feature statistics of the training
         # images (organ-wise means of the reals alone let the fakes set the cut-off: measured,
         # it then kept 99% of real-dev "in" for a phantom-trained model).
         train_idx = self.train_indices(self.run.train)
         if self.cfg.calibration_draws:
-            self.ood, zone, shares = self._abstention(model, train_idx, temperature)
+            self.ood, temperature, zone, shares = self._abstention(model, train_idx)
             grey_low, grey_high = zone
         else:
+            temperature = fit_temperature(p["logits"], p["labels"])
             probs = torch.softmax(torch.from_numpy(p["logits"]) / temperature, dim=1).numpy()
             grey_low, grey_high = grey_zone(
                 probs[:, 1::2].sum(axis=1), probs.argmax(axis=1) % 2 == 1, p["labels"] % 2 == 1
@@ -207,6 +205,8 @@ class Synthesis8Task(TrainingTask):
                 self.images, self.run.device, self.cfg.eval_batch_size, self.cfg.ood_coverage,
             )  # fmt: skip
             shares = {}
+        val = compute_synthesis8_metrics(p["logits"], p["labels"], temperature)
+        cal = val["calibration"]
         summary = {
             "accuracy": val["accuracy"],
             "macro_f1": val["macro_f1"],
@@ -220,8 +220,8 @@ class Synthesis8Task(TrainingTask):
         return {"temperature": temperature, "grey_low": grey_low, "grey_high": grey_high}, summary
 
     def _abstention(
-        self, model: nn.Module, train_idx: Sequence[int], temperature: float
-    ) -> tuple[OODStatistics, tuple[float, float], dict[str, float]]:
+        self, model: nn.Module, train_idx: Sequence[int]
+    ) -> tuple[OODStatistics, float, tuple[float, float], dict[str, float]]:
         """Statistics and grey zone from clean and degraded copies (training/abstention.py)."""
         cfg, run = self.cfg, self.run
         degraded_val = self.dataset_class()(
@@ -229,9 +229,9 @@ class Synthesis8Task(TrainingTask):
             degradation=cfg.degradation(),
         )  # fmt: skip
         return calibrate_abstention(
-            model, run.clean_train, run.train, train_idx, run.val, degraded_val, temperature,
-            run.device, cfg.eval_batch_size, cfg.calibration_draws, cfg.ood_coverage,
-            cfg.max_false_fake, cfg.max_uncertain, cfg.seed,
+            model, run.clean_train, run.train, train_idx, run.val, degraded_val, run.device,
+            cfg.eval_batch_size, cfg.calibration_draws, cfg.ood_coverage, cfg.max_false_fake,
+            cfg.max_uncertain, cfg.seed,
         )  # fmt: skip
 
     def training_info(self, train_idx: Sequence[int]) -> dict[str, Any]:
