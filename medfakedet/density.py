@@ -200,32 +200,37 @@ def _check_min_area(min_area: int) -> int:
     return int(min_area)
 
 
+def _labelled_regions(
+    binary: np.ndarray, min_area: int, values: np.ndarray | None = None
+) -> tuple[list[Box], np.ndarray, np.ndarray, np.ndarray]:
+    """The 8-connected regions of ``binary`` with >= ``min_area`` pixels: their bounding boxes
+    (score: the maximum of ``values`` inside the region, 1.0 without values), their pixel
+    counts, their labels, and the label image."""
+    labels, count = ndimage.label(binary, structure=_EIGHT_CONNECTED)
+    index = np.arange(1, count + 1)
+    areas = ndimage.sum_labels(np.ones_like(labels), labels, index) if count else np.zeros(0)
+    scores = ndimage.maximum(values, labels, index) if values is not None else np.ones(count)
+    kept = [k for k in range(count) if areas[k] >= min_area]
+    regions = ndimage.find_objects(labels)
+    boxes = [
+        Box(
+            float(regions[k][1].start),
+            float(regions[k][0].start),
+            float(regions[k][1].stop),
+            float(regions[k][0].stop),
+            float(scores[k]),
+        )
+        for k in kept
+    ]
+    return boxes, areas[kept], index[kept], labels
+
+
 def _region_boxes(binary: np.ndarray, min_area: int, values: np.ndarray | None = None) -> list[Box]:
     """Bounding boxes of the 8-connected regions of ``binary`` with >= ``min_area`` pixels.
 
     The score of a box is the maximum of ``values`` inside its region (1.0 without values).
     """
-    labels, count = ndimage.label(binary, structure=_EIGHT_CONNECTED)
-    if count == 0:
-        return []
-    index = np.arange(1, count + 1)
-    areas = ndimage.sum_labels(np.ones_like(labels), labels, index)
-    scores = ndimage.maximum(values, labels, index) if values is not None else np.ones(count)
-    boxes = []
-    for region, area, score in zip(ndimage.find_objects(labels), areas, scores, strict=True):
-        if area < min_area:
-            continue
-        rows, cols = region
-        boxes.append(
-            Box(
-                float(cols.start),
-                float(rows.start),
-                float(cols.stop),
-                float(rows.stop),
-                float(score),
-            )
-        )
-    return boxes
+    return _labelled_regions(binary, min_area, values)[0]
 
 
 def density_to_boxes(
@@ -277,23 +282,19 @@ def density_regions(
     threshold = _check_threshold(threshold, "threshold")
     min_area = _check_min_area(min_area)
     density = _as_2d(density, "density map").astype(np.float64, copy=False)
-    labels, count = ndimage.label(density >= threshold, structure=_EIGHT_CONNECTED)
-    if count == 0:
-        return [], np.zeros((0, len(REGION_FEATURES)))
-    index = np.arange(1, count + 1)
-    area = ndimage.sum_labels(np.ones_like(density), labels, index)
-    peak = ndimage.maximum(density, labels, index)
-    mean = ndimage.mean(density, labels, index)
-    boxes, rows = [], []
-    for region, a, p, m in zip(ndimage.find_objects(labels), area, peak, mean, strict=True):
-        if a < min_area:
-            continue
-        h, w = region[0].stop - region[0].start, region[1].stop - region[1].start
-        box = Box(region[1].start, region[0].start, region[1].stop, region[0].stop, float(p))
-        boxes.append(box)
-        rows.append(
-            (p, m, math.log(a), a / (h * w), math.log(a * m), math.log(max(h, w) / min(h, w)))
+    boxes, areas, ids, labels = _labelled_regions(density >= threshold, min_area, density)
+    means = ndimage.mean(density, labels, ids) if boxes else np.zeros(0)
+    rows = [
+        (
+            b.score,
+            m,
+            math.log(a),
+            a / b.area,
+            math.log(a * m),
+            math.log(max(b.width, b.height) / min(b.width, b.height)),
         )
+        for b, a, m in zip(boxes, areas, means, strict=True)
+    ]
     return boxes, np.array(rows, dtype=np.float64).reshape(-1, len(REGION_FEATURES))
 
 
@@ -357,7 +358,12 @@ def scored_boxes(
     density: np.ndarray, threshold: float, min_area: int, scorer: RegionScorer
 ) -> list[Box]:
     """The regions of :func:`density_regions`, each scored by ``scorer``, highest first."""
-    boxes, features = density_regions(density, threshold, min_area)
+    return score_regions(*density_regions(density, threshold, min_area), scorer)
+
+
+def score_regions(boxes: Sequence[Box], features: np.ndarray, scorer: RegionScorer) -> list[Box]:
+    """``boxes`` with their :data:`REGION_FEATURES` rows ``features`` scored by ``scorer``,
+    highest first (ties top-to-bottom, then left-to-right)."""
     scored = [
         Box(b.x1, b.y1, b.x2, b.y2, float(s))
         for b, s in zip(boxes, scorer.scores(features), strict=True)

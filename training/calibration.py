@@ -25,7 +25,7 @@ from medfakedet.density import (
     box_iou,
     density_regions,
     presence_score,
-    scored_boxes,
+    score_regions,
 )
 from medfakedet.metrics import (
     binary_metrics,
@@ -216,17 +216,27 @@ def fit_region_scorer(
 
     Plain L2-regularised logistic regression (scikit-learn, C = 1) on standardised features:
     six numbers, a few hundred regions, nothing to tune."""
+    regions = [density_regions(d, threshold, min_area) for d in densities]
+    return _fit_scorer_on(regions, gt_boxes, iou_threshold)
+
+
+def _fit_scorer_on(
+    regions: Sequence[tuple[list[Box], np.ndarray]],
+    gt_boxes: Sequence[Sequence[Box]],
+    iou_threshold: float,
+) -> RegionScorer | None:
+    """:func:`fit_region_scorer` on each image's ``(boxes, features)`` already found."""
     from sklearn.linear_model import LogisticRegression
 
-    rows, labels = [], []
-    for density, truth in zip(densities, gt_boxes, strict=True):
-        boxes, features = density_regions(density, threshold, min_area)
-        rows.append(features)
-        labels += [max((box_iou(b, g) for g in truth), default=0.0) >= iou_threshold for b in boxes]
+    labels = [
+        max((box_iou(b, g) for g in truth), default=0.0) >= iou_threshold
+        for (boxes, _), truth in zip(regions, gt_boxes, strict=True)
+        for b in boxes
+    ]
     y = np.array(labels, dtype=bool)
     if y.sum() < 3 or (~y).sum() < 3:
         return None
-    x = np.concatenate(rows)
+    x = np.concatenate([features for _, features in regions])
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale < 1e-9] = 1.0  # a constant feature: leave it unscaled (its weight goes to 0)
     fit = LogisticRegression(C=1.0, max_iter=1000).fit((x - mean) / scale, y)
@@ -248,10 +258,11 @@ def choose_scored_thresholds(
     best: tuple[dict[str, Any], float] | None = None
     untouched = ~np.asarray(pred.present, dtype=bool)
     for t in box_candidates:
-        scorer = fit_region_scorer(pred.density, pred.gt_boxes, t, min_area, iou_threshold)
+        found = [density_regions(d, t, min_area) for d in pred.density]  # once per level
+        scorer = _fit_scorer_on(found, pred.gt_boxes, iou_threshold)
         if scorer is None:
             continue
-        regions = [scored_boxes(d, t, min_area, scorer) for d in pred.density]
+        regions = [score_regions(boxes, features, scorer) for boxes, features in found]
         tops = np.array([r[0].score if r else 0.0 for r in regions])
         for pt in false_alarm_limited_thresholds(tops[untouched], max_false_alarm):
             kept = [[b for b in r if b.score >= pt] for r in regions]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from medfakedet.artifacts import Artifact
+from medfakedet.density import RegionScorer
 from medfakedet.labels import ORGANS, fake_probability
 from medfakedet.metrics import box_detection_metrics, roc_auc, softmax
 from medfakedet.ood import captured_features, stacked
@@ -156,7 +157,7 @@ def localizer_answer_metrics(
     presence_threshold: float,
     box_threshold: float,
     min_area: int,
-    region_scorer: Any = None,
+    region_scorer: RegionScorer | dict | None = None,
 ) -> dict[str, Any]:
     """The localizer's acceptance numbers of one condition, as served.
 
