@@ -130,6 +130,14 @@ def test_config_fields_build_the_degradation_and_are_validated() -> None:
     cfg.validate()
     with pytest.raises(ValueError, match="invalid localizer config: .*resize_p must be within"):
         LocalizerConfig(aug_resize_p=2.0).validate()
+    # The real-only resample: off by default, its own keys, checked like the others.
+    assert not Synthesis8Config().real_degradation().active
+    soft = Synthesis8Config(aug_real_resize_p=0.25, aug_real_resize_scale=(0.3, 0.75))
+    r = soft.real_degradation()
+    assert (r.resize_p, r.resize_scale, r.jpeg_p, r.noise_p) == (0.25, (0.3, 0.75), 0.0, 0.0)
+    soft.validate()
+    with pytest.raises(ValueError, match="aug_real_resize: .*resize_scale must be a range"):
+        Synthesis8Config(aug_real_resize_p=0.2, aug_real_resize_scale=(0.8, 0.3)).validate()
 
 
 def test_source_changes_gamma_and_zoom() -> None:

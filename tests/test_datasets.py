@@ -25,7 +25,14 @@ from medfakedet.data.manipulations import manipulate
 from medfakedet.data.medfake import MedFakeDataset, scan_medfake, split_medfake
 from medfakedet.data.phantoms import generate_slice
 from medfakedet.labels import CLASS_NAMES, ORGANS, class_index
-from medfakedet.preprocess import LOCALIZER_PREPROCESS
+from medfakedet.preprocess import (
+    CLASSIFIER_PREPROCESS,
+    LOCALIZER_PREPROCESS,
+    normalize,
+    resize_tensor,
+    to_channels,
+    to_tensor,
+)
 
 
 def _save(path: Path, array: np.ndarray, fmt: str = "PNG") -> None:
@@ -361,6 +368,38 @@ def test_medfake_dataset_degrades_with_or_without_the_paper_augmentation(
         change = float((x - clean[i][0]).abs().mean()) / 2
         assert 0.01 < change < 0.2, change  # noisy 32 px images: measured 0.02-0.06
         assert not torch.equal(both[i][0], x)  # flips / rotation on top
+
+
+def test_medfake_real_degradation_touches_only_the_real_images(medfake_root: Path) -> None:
+    """The real-only resample softens real images at the model size, leaves every fake exactly
+    as it was, and leaves the shared degradation's draws of each image unchanged."""
+    from medfakedet.degrade import Degradation, down_up
+
+    shared = Degradation(noise_p=1.0)
+    soften = Degradation(resize_p=1.0, resize_scale=(0.5, 0.5))
+    base = MedFakeDataset(medfake_root, "all", seed=1, degradation=shared)
+    real_soft = MedFakeDataset(
+        medfake_root, "all", seed=1, degradation=shared, real_degradation=soften
+    )
+    plain = MedFakeDataset(medfake_root, "all", seed=1, real_degradation=soften)
+    clean = MedFakeDataset(medfake_root, "all", seed=1)
+    off = MedFakeDataset(medfake_root, "all", seed=1, real_degradation=Degradation())
+    assert off.real_degradation is None and off._train is None
+    labels = [s.is_fake for s in base.samples]
+    assert any(labels) and not all(labels)
+    for i, fake in enumerate(labels):
+        x, y = real_soft[i]
+        assert y == base[i][1]
+        if fake:
+            assert torch.equal(x, base[i][0])
+        else:
+            assert not torch.equal(x, base[i][0])
+            # Without the shared degradation it is exactly a 0.5x down-up of the model-size image.
+            size = CLASSIFIER_PREPROCESS.size
+            raw = resize_tensor(to_tensor(clean.pixel_cache.pixels(clean.image_path(i))), size)
+            want = normalize(to_channels(down_up(raw, 0.5), 3), CLASSIFIER_PREPROCESS)
+            assert torch.allclose(plain[i][0], want, atol=1e-6)
+            assert not torch.allclose(clean[i][0], want, atol=1e-3)
 
 
 def test_shortcut_rule_needs_more_than_chance() -> None:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medfakedet.degrade import Degradation
 from medfakedet.labels import CLASS_NAMES
 from medfakedet.models import build_classifier
 from medfakedet.ood import OODStatistics
@@ -71,6 +72,12 @@ class Synthesis8Config(DegradationFields):
     calibration_draws: int = 0
     max_false_fake: float = 0.01
     max_uncertain: float = 0.1
+    # Real images only (issue #10): a down-up resample at a factor log-uniform in the range,
+    # with this probability, at the model size. Uploads are often resampled on their way (web
+    # figures, PACS exports); the builder's VAE and upsampling fakes are soft, so a model that
+    # never saw a soft real calls softness "fake". 0: off (the paper).
+    aug_real_resize_p: float = 0.0
+    aug_real_resize_scale: tuple[float, float] = (0.3, 0.75)
     num_threads: int | None = None  # None: all cores
     num_workers: int = 0
     version: str = "1.0"
@@ -102,10 +109,19 @@ class Synthesis8Config(DegradationFields):
         if not (0 <= self.max_false_fake < 1 and 0 < self.max_uncertain <= 1):
             problems.append("max_false_fake must be within [0, 1) and max_uncertain (0, 1]")
         problems += self.degradation_problems()
+        try:
+            self.real_degradation()
+        except ValueError as exc:
+            problems.append(f"aug_real_resize: {exc}")
         if self.calibration_draws and not self.degradation().active:
             problems.append("calibration_draws > 0 needs a degradation (an aug_*_p above 0)")
         if problems:
             raise ValueError("invalid synthesis8 config: " + "; ".join(problems))
+
+    def real_degradation(self) -> Degradation:
+        """The real-only degradation (:attr:`aug_real_resize_p`), checked."""
+        scale = tuple(self.aug_real_resize_scale)
+        return Degradation(resize_p=self.aug_real_resize_p, resize_scale=scale)
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(size=self.size, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -145,6 +161,9 @@ class Synthesis8Task(TrainingTask):
         from medfakedet.data.medfake import MedFakeDataset
 
         return MedFakeDataset
+
+    def train_options(self) -> dict[str, Any]:
+        return {"real_degradation": self.cfg.real_degradation()}
 
     def train_indices(self, train: Any) -> list[int]:
         return _cap_per_class(train, self.cfg.max_train_per_class, self.cfg.seed)

@@ -68,6 +68,10 @@ class TrainingTask(ABC):
     def dataset_class(self) -> type:
         """The dataset class of :attr:`layout` (imported on use: the data stack is heavy)."""
 
+    def train_options(self) -> dict[str, Any]:
+        """Extra keyword arguments of the train split's dataset (none by default)."""
+        return {}
+
     @abstractmethod
     def train_indices(self, train: Any) -> list[int]:
         """The train-split items this run trains on (all of them, or a seeded subset)."""
@@ -122,9 +126,15 @@ class TrainingTask(ABC):
 
 
 def prepare_run(
-    cfg: Any, data: str | Path, out: str | Path, layout: str, dataset_cls: type
+    cfg: Any,
+    data: str | Path,
+    out: str | Path,
+    layout: str,
+    dataset_cls: type,
+    train_options: dict[str, Any] | None = None,
 ) -> RunData:
-    """Validate ``cfg``, set threads / seeds / device, and open the train and val splits."""
+    """Validate ``cfg``, set threads / seeds / device, and open the train and val splits
+    (``train_options``: extra keyword arguments of the train split's dataset)."""
     cfg.validate()
     setup_threads(cfg.num_threads)
     seed_everything(cfg.seed)
@@ -134,7 +144,10 @@ def prepare_run(
     root = resolve_data_root(data, layout)
     common = dict(preprocess=cfg.preprocess(), split_mode=cfg.split_mode, seed=cfg.seed)
     degradation = cfg.degradation()  # training/augment.py: the train split only
-    train = dataset_cls(root, "train", augment=cfg.augment, degradation=degradation, **common)
+    train = dataset_cls(
+        root, "train", augment=cfg.augment, degradation=degradation,
+        **common, **(train_options or {}),
+    )  # fmt: skip
     val = dataset_cls(root, "val", **common)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(
@@ -154,7 +167,9 @@ def train_task(
     """Train, calibrate on val and save the artifact of ``task``; returns the artifact folder."""
     cfg = task.cfg
     wall_start = time.monotonic()
-    run = task.run = prepare_run(cfg, data, out, task.layout, task.dataset_class())
+    run = task.run = prepare_run(
+        cfg, data, out, task.layout, task.dataset_class(), task.train_options()
+    )
     device = run.device
     train_idx = task.train_indices(run.train)
     subset = Subset(run.train, train_idx * cfg.epoch_repeats)

@@ -26,11 +26,15 @@ from medfakedet.preprocess import (
     CLASSIFIER_PREPROCESS,
     PreprocessConfig,
     eval_transform,
+    resize_tensor,
+    to_tensor,
     train_transform,
 )
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 MANIFEST_NAME = "manifest.csv"
+#: Offset of the real-only degradation's seed from the dataset's (its own random stream).
+REAL_DEGRADATION_SEED = 7_919
 MANIFEST_COLUMNS: tuple[str, ...] = ("path", "organ", "label", "approach", "group", "seed")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 PAPER_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -309,6 +313,10 @@ class MedFakeDataset(SplitDataset):
         cache: keep decoded images in memory.
         degradation: random JPEG / blur / resize / noise (:mod:`medfakedet.degrade`), with or
             without ``augment``.
+        real_degradation: applied to the REAL images only, at the model size, before
+            ``degradation`` and from a generator of its own (issue #10: a real scan that was
+            resampled on its way, as uploads often are, is still real; the builder's VAE and
+            upsampling fakes are soft, so without it softness alone reads as "fake").
     """
 
     def __init__(
@@ -321,8 +329,11 @@ class MedFakeDataset(SplitDataset):
         seed: int = 42,
         cache: bool = True,
         degradation: Degradation | None = None,
+        real_degradation: Degradation | None = None,
     ) -> None:
         super().__init__(root, split, preprocess, augment, seed, cache, degradation)
+        active = real_degradation is not None and real_degradation.active
+        self.real_degradation = real_degradation if active else None
         all_samples = scan_medfake(self.root)
         self.samples: list[Sample] = (
             all_samples if split == "all" else split_medfake(all_samples, split_mode, seed)[split]
@@ -335,7 +346,7 @@ class MedFakeDataset(SplitDataset):
                 rotation_deg=10.0 if augment else 0.0,
                 degradation=self.degradation,
             )
-            if augment or self.degradation is not None
+            if augment or self.degradation is not None or self.real_degradation is not None
             else None
         )
 
@@ -348,11 +359,21 @@ class MedFakeDataset(SplitDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
         pixels = self.pixel_cache.pixels(sample.path)
+        if self.real_degradation is not None and not sample.is_fake:
+            pixels = self._degrade_real(pixels, index)
         if self._train is not None:
             x = self._train(pixels, self.item_generator(index))
         else:
             x = eval_transform(pixels, self.preprocess)
         return x, sample.label
+
+    def _degrade_real(self, pixels: np.ndarray, index: int) -> torch.Tensor:
+        """:attr:`real_degradation` of a real image at the model size. Its draws come from a
+        generator of their own, so the item's other augmentation draws stay as they were."""
+        assert self.real_degradation is not None
+        t = resize_tensor(to_tensor(pixels), self.preprocess.size)
+        seed = item_seed(self.seed + REAL_DEGRADATION_SEED, self.epoch, index)
+        return self.real_degradation(t, torch.Generator().manual_seed(seed))
 
     def class_counts(self) -> dict[str, int]:
         """Images per class name, all eight classes listed."""
