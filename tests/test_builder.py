@@ -82,6 +82,7 @@ def test_build_layout_manifest_and_summary(built: Path) -> None:
         "fake_mix": None,
         "gan_steps": None,
         "gan_device": "auto",
+        "detail_match": [],
     }
     # The fields that are not a function of the seed, named so that comparisons can drop them.
     assert set(info) == {

@@ -130,6 +130,34 @@ def test_make_fakes_uses_the_mix_and_the_gan_options(kidney_reals: list[np.ndarr
         make_fakes("kidney", kidney_reals, 2, np.random.default_rng(0), {"stylegan": 1.0})
 
 
+def test_make_fakes_detail_match_sharpens_only_the_named_approach(
+    kidney_reals: list[np.ndarray],
+) -> None:
+    mix = {"vae": 1.0, "upsample": 1.0}
+    opts = {"vae": {"max_steps": 20}, "upsample": {"max_steps": 5}}
+
+    def fakes(detail_match: tuple[str, ...]) -> list[tuple[np.ndarray, str, int]]:
+        rng = np.random.default_rng(0)
+        return make_fakes("kidney", kidney_reals, 16, rng, mix, math.inf, opts, detail_match)
+
+    plain, matched = fakes(()), fakes(("vae",))
+    # The same sources, and the upsampler's fakes byte for byte: the match draws from its own
+    # random stream.
+    assert [x[1:] for x in plain] == [x[1:] for x in matched]
+    for (a, name, _), (b, _, _) in zip(plain, matched, strict=True):
+        assert np.array_equal(a, b) == (name == "upsample")
+
+    def fine_power(images: list[np.ndarray]) -> float:
+        return float(radial_power(np.stack(images).astype(np.float64) / 255.0)[16:].sum())
+
+    reals = fine_power(kidney_reals)
+    vae = [[img for img, name, _ in out if name == "vae"] for out in (plain, matched)]
+    # The 64-px VAE decodes lack the reals' fine detail; matched, they carry about as much.
+    assert fine_power(vae[0]) < 0.5 * reals < fine_power(vae[1]) < 2.0 * reals
+    with pytest.raises(ValueError, match="approaches other than gan"):
+        make_fakes("kidney", kidney_reals, 2, np.random.default_rng(0), mix, detail_match=["gan"])
+
+
 def test_lowlevel_features_see_blur_and_noise() -> None:
     rng = np.random.default_rng(1)
     base = np.clip(rng.normal(128, 40, (40, 64, 64)), 0, 255)
@@ -205,6 +233,7 @@ def test_builder_records_the_mix_and_refuses_bad_fake_options(tmp_path: Path) ->
     summary = build_datasets(tmp_path / "b", contact_sheet=False, fake_options=opts, **small)
     assert summary["args"]["fake_mix"] == {"gan": 3.0, "vae": 1.0}
     assert summary["args"]["gan_steps"] == 2 and summary["args"]["gan_device"] == "cpu"
+    assert summary["args"]["detail_match"] == []
     rows = (tmp_path / "b" / "medfake" / "manifest.csv").read_text().splitlines()
     approaches = Counter(line.split(",")[3] for line in rows[1:] if "/fake/" in line)
     assert approaches == {"gan": 12, "vae": 4}  # 3 + 1 per organ
@@ -212,6 +241,7 @@ def test_builder_records_the_mix_and_refuses_bad_fake_options(tmp_path: Path) ->
         (FakeOptions({"stylegan": 1.0}), "fake mix must give approaches of"),
         (FakeOptions({"gan": -1.0, "vae": 1.0}), "shares >= 0"),
         (FakeOptions(gan_steps=-5), "gan_steps must be >= 0"),
+        (FakeOptions(detail_match=("gan",)), "detail_match takes approaches of"),
     ]
     if not torch.cuda.is_available():
         bad.append((FakeOptions(gan_device="cuda"), "CUDA is not available"))

@@ -46,7 +46,12 @@ def _build(args: argparse.Namespace) -> int:
         inpaint_kinds=[k.strip() for k in args.inpaint_kinds.split(",") if k.strip()],
         inpaint_fractions=_shares(args.inpaint_split),
         encode=args.encode,
-        fake_options=FakeOptions(_mix(args.fake_mix), args.gan_steps, args.gan_device),
+        fake_options=FakeOptions(
+            _mix(args.fake_mix),
+            args.gan_steps,
+            args.gan_device,
+            tuple(a.strip() for a in args.detail_match.split(",") if a.strip()),
+        ),
     )
     counts = summary["counts"]
     print(
@@ -150,6 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--gan-device",
         default="auto",
         help="where the GAN trains: auto (CUDA when present; default), cpu or cuda[:N]",
+    )
+    b.add_argument(
+        "--detail-match",
+        default="",
+        help="comma-separated approaches (of vae, diffusion_resynth, upsample, decoder_resynth) "
+        "whose fakes get the spectrum of the real each came from, as the GAN's do, so that blur "
+        "and noise level stop telling them apart (default: none)",
     )
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)

@@ -47,6 +47,8 @@ class FakeOptions:
     gan_steps: int | None = None
     #: "auto" (CUDA when present, else the CPU), "cpu" or "cuda[:N]".
     gan_device: str = "auto"
+    #: Approaches whose fakes get their real's spectrum (``fakes.detail_matched``).
+    detail_match: tuple[str, ...] = ()
 
 
 def medfake_spec(encode: str, seed: int, organ: str, is_fake: bool, i: int) -> EncodeSpec:
@@ -131,6 +133,7 @@ def fake_job(
             approaches=opts.mix or DEFAULT_MIX,
             time_budget_s=budget,
             options={"gan": {"max_steps": opts.gan_steps, "device": opts.gan_device}},
+            detail_match=opts.detail_match,
         )
     finally:
         torch.set_num_threads(threads)

@@ -37,11 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gan import GANSynthesizer
+from .gan import DetailMatch, GANSynthesizer
+from .phantoms.canvas import display_uint8
 from .synth_base import (
     FittedBase,
     finish,
+    match_histogram,
     random_patches,
+    torch_seed,
     train_adam,
 )
 
@@ -387,6 +390,27 @@ def mix_schedule(weights: Sequence[float], n: int) -> list[int]:
     return out
 
 
+#: Where :func:`detail_matched` starts adding the reals' missing fine detail, as a share of the
+#: output's Nyquist frequency: 1/8, half the Nyquist frequency of a 64-px working side at 256 px
+#: (the VAE's and the GAN's CPU side, the upsampler's 4x-down input), as the GAN does.
+DETAIL_FROM = 1 / 8
+
+
+def detail_matched(
+    synth: FittedBase, images: Sequence[np.ndarray], rng: np.random.Generator
+) -> list[np.ndarray]:
+    """``images`` (the last ``sample`` of ``synth``) each given the spectrum and then the
+    histogram of the real it was made from, as the GAN's samples are (:class:`.gan.DetailMatch`):
+    so that blur and noise level stop telling these fakes from the reals."""
+    reals = synth._require_fit()[:, 0].numpy().astype(np.float64)
+    fakes = np.stack([np.asarray(im, dtype=np.float64) / 255.0 for im in images])
+    detail = DetailMatch(reals, fakes, DETAIL_FROM * max(reals.shape[-2:]))
+    return [
+        display_uint8(match_histogram(detail.apply(fake, src, rng), reals[src]))
+        for fake, src in zip(fakes, synth.last_sources, strict=True)
+    ]
+
+
 def make_fakes(
     organ: str,
     reals: list[np.ndarray],
@@ -395,6 +419,7 @@ def make_fakes(
     approaches: Sequence[str] | Mapping[str, float] = DEFAULT_MIX,
     time_budget_s: float = DEFAULT_TIME_BUDGET_S,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    detail_match: Sequence[str] = (),
 ) -> list[tuple[np.ndarray, str, int]]:
     """Fit each approach on ``reals`` and make ``n`` fakes spread over them by their shares.
 
@@ -408,6 +433,8 @@ def make_fakes(
         time_budget_s: total training budget, split over the approaches.
         options: keyword arguments for an approach's constructor, e.g.
             ``{"gan": {"max_steps": 400, "device": "auto"}}``.
+        detail_match: approaches whose samples get their real's spectrum afterwards
+            (:func:`detail_matched`; the GAN does it itself), from a random stream of their own.
 
     Returns:
         ``n`` triples (uint8 image, approach name, index of the real it was made from) in
@@ -423,6 +450,9 @@ def make_fakes(
         )
     if n < 0:
         raise ValueError(f"number of fakes must be >= 0; got {n}")
+    own = [a for a in detail_match if a not in SYNTHESIZERS or a == GANSynthesizer.name]
+    if own:
+        raise ValueError(f"detail_match takes approaches other than gan; got {own}")
     schedule = mix_schedule([mix[a] for a in names], n)
     shares = np.array([_BUDGET_SHARE.get(a, 1.0 / len(names)) for a in names])
     shares = shares / shares.sum()
@@ -436,6 +466,8 @@ def make_fakes(
         synth = SYNTHESIZERS[name](**dict((options or {}).get(name, {})))
         synth.fit(reals, child, time_budget_s * float(share))
         images = synth.sample(count, child)
+        if name in detail_match:
+            images = detail_matched(synth, images, np.random.default_rng(torch_seed(child)))
         per_approach.append(list(zip(images, synth.last_sources, strict=True)))
     taken = [0] * len(names)
     out = []
