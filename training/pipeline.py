@@ -231,14 +231,17 @@ def run_pipeline(
 
         start = time.monotonic()
         shares = INPAINT_FRACTIONS if real_dir is None else REAL_INPAINT_FRACTIONS
-        recipe = {"size": REAL_SIZE, "inpaint_size": REAL_INPAINT_SIZE}
-        recipe["fake_options"] = real_fake_options()
+        recipe = (
+            {}
+            if real_dir is None
+            else {
+                "size": REAL_SIZE,
+                "inpaint_size": REAL_INPAINT_SIZE,
+                "fake_options": real_fake_options(),
+            }
+        )
         build_datasets(
-            data,
-            real_dir=real_dir,
-            inpaint_fractions=shares,
-            progress=show_progress,
-            **({} if real_dir is None else recipe),
+            data, real_dir=real_dir, inpaint_fractions=shares, progress=show_progress, **recipe
         )
         stages["build data"] = time.monotonic() - start
     else:  # reused: report the time of the build that made it

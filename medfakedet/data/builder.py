@@ -95,8 +95,10 @@ REAL_SIZE, REAL_INPAINT_SIZE = 256, 128
 #: steps the GAN's fakes were blocky, and the three others told themselves apart from the reals by
 #: blur and noise alone (cross-validated ROC-AUC 0.99-1.00; after: 0.93-0.95), so softness read
 #: as "fake". Same seed and preset, real-dev test split: 28 of 32 targets met (24 and 22 for two
-#: runs of the old fakes), fakes answered fake 0.904 -> 0.957, 0.5x down-up reals answered fake
-#: 3.3% -> 1.6% (docs/reports/real-scans.md, session 26).
+#: runs of the old fakes); against the old fakes trained on the same 2 threads, fakes answered
+#: fake 0.904 -> 0.957 and 0.5x down-up reals answered fake 3.3% -> 1.6%; outside, real-val vs
+#: fake-val ROC-AUC 0.768 -> 0.845 but fake-val answered fake 10.5% -> 9.1% (docs/reports/
+#: real-scans.md, session 26).
 REAL_GAN_CPU_STEPS = 1500
 REAL_DETAIL_MATCH = ("vae", "diffusion_resynth", "upsample")
 DEFAULT_SEED = 42
