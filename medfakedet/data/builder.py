@@ -75,7 +75,6 @@ __all__ = [
     "ENCODE_MODES",
     "FakeOptions",
     "build_datasets",
-    "real_fake_options",
 ]
 
 DEFAULT_PER_CLASS = 200
@@ -89,30 +88,9 @@ DEFAULT_SIZE = 128
 #: brought back are answered fake 9.0% (0.8%): sharp now reads as real (docs/reports/
 #: real-scans.md, session 22). MedFakeInpaint stays at 128 px, the localizer's side.
 REAL_SIZE, REAL_INPAINT_SIZE = 256, 128
-#: How the real recipe makes its fakes (session 26). The GAN trains 1500 steps on the CPU (its
-#: own cap, 160, keeps phantom builds and tests quick; on CUDA its larger GPU cap stays), and
-#: the VAE, diffusion and upsampling fakes get their real's spectrum as the GAN's do. With 160
-#: steps the GAN's fakes were blocky, and the three others told themselves apart from the reals by
-#: blur and noise alone (cross-validated ROC-AUC 0.99-1.00; after: 0.93-0.95), so softness read
-#: as "fake". Same seed and preset, real-dev test split: 28 of 32 targets met (24 and 22 for two
-#: runs of the old fakes); against the old fakes trained on the same 2 threads, fakes answered
-#: fake 0.904 -> 0.957 and 0.5x down-up reals answered fake 3.3% -> 1.6%; outside, real-val vs
-#: fake-val ROC-AUC 0.768 -> 0.845 but fake-val answered fake 10.5% -> 9.1% (docs/reports/
-#: real-scans.md, session 26).
-REAL_GAN_CPU_STEPS = 1500
-REAL_DETAIL_MATCH = ("vae", "diffusion_resynth", "upsample")
 DEFAULT_SEED = 42
 MEDFAKE_DIR, INPAINT_DIR = "medfake", "medfakeinpaint"
 CONTACT_SHEET, BUILD_INFO = "contact_sheet.png", "build.json"
-
-
-def real_fake_options() -> FakeOptions:
-    """The real recipe's :class:`FakeOptions` on this machine (see :data:`REAL_GAN_CPU_STEPS`)."""
-    from medfakedet.runtime import select_device
-
-    cuda = select_device("auto").type == "cuda"
-    steps = None if cuda else REAL_GAN_CPU_STEPS
-    return FakeOptions(gan_steps=steps, detail_match=REAL_DETAIL_MATCH)
 
 
 def _prepare_out(out: Path) -> None:
