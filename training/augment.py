@@ -10,6 +10,7 @@ default): no degradation, the paper's recipe.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from medfakedet.degrade import (
@@ -20,6 +21,15 @@ from medfakedet.degrade import (
     ZOOM_RANGE,
     Degradation,
 )
+
+
+def build_problems(build: Callable[[], object], prefix: str = "") -> list[str]:
+    """``[prefix + why]`` when ``build()`` refuses its fields with a ValueError, else []."""
+    try:
+        build()
+    except ValueError as exc:
+        return [f"{prefix}{exc}"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -43,11 +53,7 @@ class DegradationFields:
 
     def degradation_problems(self) -> list[str]:
         """What is wrong with these fields, for the config's ``validate`` ([] when fine)."""
-        try:
-            self.degradation()
-        except ValueError as exc:
-            return [str(exc)]
-        return []
+        return build_problems(self.degradation)
 
     def degradation(self) -> Degradation:
         """The :class:`~medfakedet.degrade.Degradation` these fields describe (checked)."""

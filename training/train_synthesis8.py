@@ -29,7 +29,7 @@ from medfakedet.ood import OODStatistics
 from medfakedet.preprocess import PreprocessConfig
 from medfakedet.pretrained import init_problem
 from training.abstention import calibrate_abstention
-from training.augment import DegradationFields
+from training.augment import DegradationFields, build_problems
 from training.calibration import fit_ood, fit_temperature, grey_zone
 from training.config import CONFIG_DIR, build_arg_parser, parse_config_args
 from training.inference import predict_synthesis8
@@ -109,10 +109,7 @@ class Synthesis8Config(DegradationFields):
         if not (0 <= self.max_false_fake < 1 and 0 < self.max_uncertain <= 1):
             problems.append("max_false_fake must be within [0, 1) and max_uncertain (0, 1]")
         problems += self.degradation_problems()
-        try:
-            self.real_degradation()
-        except ValueError as exc:
-            problems.append(f"aug_real_resize: {exc}")
+        problems += build_problems(self.real_degradation, "aug_real_resize: ")
         if self.calibration_draws and not self.degradation().active:
             problems.append("calibration_draws > 0 needs a degradation (an aug_*_p above 0)")
         if problems:

@@ -150,7 +150,7 @@ def _checked_fake_options(options: FakeOptions) -> FakeOptions:
     """Refuse an unknown approach, a negative share or step count, or a missing device."""
     from medfakedet.runtime import select_device
 
-    from .fakes import DEFAULT_MIX, SYNTHESIZERS
+    from .fakes import DEFAULT_MIX, SYNTHESIZERS, check_detail_match
 
     mix = options.mix or DEFAULT_MIX
     if not mix or set(mix) - set(SYNTHESIZERS) or min(mix.values()) < 0 or sum(mix.values()) <= 0:
@@ -160,12 +160,7 @@ def _checked_fake_options(options: FakeOptions) -> FakeOptions:
         )
     if options.gan_steps is not None and options.gan_steps < 0:
         raise ValueError(f"gan_steps must be >= 0 (None: the default); got {options.gan_steps}")
-    matchable = [a for a in SYNTHESIZERS if a != "gan"]  # the GAN matches its own detail
-    if set(options.detail_match) - set(matchable):
-        raise ValueError(
-            f"detail_match takes approaches of {', '.join(matchable)}; "
-            f"got {list(options.detail_match)}"
-        )
+    check_detail_match(options.detail_match)
     select_device(options.gan_device)  # raises for cuda without CUDA
     return options
 

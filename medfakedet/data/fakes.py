@@ -411,6 +411,18 @@ def detail_matched(
     ]
 
 
+def check_detail_match(approaches: Sequence[str]) -> None:
+    """Refuse a ``detail_match`` naming the GAN (it matches its own detail) or an unknown
+    approach."""
+    matchable = [a for a in SYNTHESIZERS if a != GANSynthesizer.name]
+    wrong = [a for a in approaches if a not in matchable]
+    if wrong:
+        raise ValueError(
+            f"detail_match takes approaches of {', '.join(matchable)} (approaches other than "
+            f"gan, which matches its own detail); got {wrong}"
+        )
+
+
 def make_fakes(
     organ: str,
     reals: list[np.ndarray],
@@ -450,9 +462,7 @@ def make_fakes(
         )
     if n < 0:
         raise ValueError(f"number of fakes must be >= 0; got {n}")
-    own = [a for a in detail_match if a not in SYNTHESIZERS or a == GANSynthesizer.name]
-    if own:
-        raise ValueError(f"detail_match takes approaches other than gan; got {own}")
+    check_detail_match(detail_match)
     schedule = mix_schedule([mix[a] for a in names], n)
     shares = np.array([_BUDGET_SHARE.get(a, 1.0 / len(names)) for a in names])
     shares = shares / shares.sum()
