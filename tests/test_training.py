@@ -329,6 +329,10 @@ def test_resume_continues_exactly(built_dataset, tmp_path, monkeypatch):
     assert meta_a["calibration"]["temperature"] == pytest.approx(
         meta_b["calibration"]["temperature"], rel=1e-4
     )
+    # The time it took counts the epoch run before the crash, not only the resumed run's.
+    done_b, before = meta_b["training"], state["state"]["elapsed_s"]
+    assert done_b["total_seconds"] >= before + done_b["seconds_this_run"] - 0.01
+    assert done_b["total_seconds"] >= done_b["train_seconds"]
 
 
 @pytest.mark.slow

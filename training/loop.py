@@ -119,7 +119,8 @@ class ScheduledLR(LRScheduler):
 class FitResult:
     state: TrainState
     best_weights: dict[str, torch.Tensor]
-    train_seconds: float
+    train_seconds: float  # the training loop's time, over every run of a resumed training
+    resumed_seconds: float = 0.0  # of it, what earlier runs spent (0: not resumed)
 
 
 def fit(
@@ -149,6 +150,7 @@ def fit(
     if resume:
         state, best = load_checkpoint(out, parts, config)
         state.stopped_early = False  # a new time budget starts with this run
+    resumed_seconds = state.elapsed_s
     budget_s = None if not max_minutes else max_minutes * 60.0
     start = time.monotonic() - state.elapsed_s
     session_start = time.monotonic()
@@ -203,4 +205,4 @@ def fit(
             break
     if best is None:  # resumed a finished run, or epochs = 0
         best = cpu_state(model)
-    return FitResult(state, best, state.elapsed_s)
+    return FitResult(state, best, state.elapsed_s, resumed_seconds)
