@@ -27,7 +27,7 @@ from medfakedet.ood import (
 from medfakedet.predictors import DensityPredictor, Synthesis8Predictor
 from medfakedet.preprocess import CLASSIFIER_PREPROCESS, LOCALIZER_PREPROCESS
 from medfakedet.schema import RESULT_MODELS
-from training.abstention import budgeted_grey_zone
+from training.abstention import budgeted_grey_zone, grey_high_interval
 from training.calibration import grey_zone
 from training.evaluate import open_dataset
 
@@ -162,6 +162,30 @@ def test_budgeted_grey_zone_holds_the_false_fake_target_within_the_uncertain_bud
     assert budgeted_grey_zone(clear, clear > 0.5, fake, np.ones(1000, bool)) == (0.5, 0.5)
     with pytest.raises(ValueError, match="same non-zero number"):
         budgeted_grey_zone(p, p > 0.5, fake[:10], inside)
+
+
+def test_grey_high_interval_is_wide_when_few_reals_set_the_bound():
+    """The upper bound is the P(fake) that 1% of the reals exceed: with 60 val reals (two
+    views each) a few images set it, and resampling them moves it; with 3,000 it holds."""
+
+    def answers(n_real: int, seed: int) -> tuple[np.ndarray, ...]:
+        rng = np.random.default_rng(seed)
+        clean = rng.normal(-2.5, 1.5, n_real)  # the reals' logit P(fake): 1% above about 0.73
+        views = [
+            np.r_[clean, np.full(20, 5.0)],
+            np.r_[clean + rng.normal(0, 0.3, n_real), 5.0 * np.ones(20)],
+        ]
+        p = 1 / (1 + np.exp(-np.concatenate(views)))  # each image's clean view, then degraded
+        fake = np.tile(np.arange(n_real + 20) >= n_real, 2)
+        return p, p > 0.5, fake, np.ones(len(p), dtype=bool)
+
+    few = grey_high_interval(*answers(60, 0), 2, 0.01, 0.5)
+    many = grey_high_interval(*answers(3000, 0), 2, 0.01, 0.5)
+    assert 0.5 <= few[0] <= few[1] and 0.5 <= many[0] <= many[1]
+    assert few[1] - few[0] > 2 * (many[1] - many[0])
+    assert few[1] - few[0] > 0.1
+    with pytest.raises(ValueError, match="views"):
+        grey_high_interval(*answers(60, 0), 3, 0.01, 0.5)  # 160 answers are not 3 views
 
 
 @pytest.mark.parametrize(

@@ -193,6 +193,8 @@ def test_abstention_on_degraded_copies_and_the_served_verdicts(
     # clean val and degraded copies of it
     assert val["val_images_clean_and_degraded"] == (1 + cfg.calibration_draws) * val["n"]
     assert val["in_distribution_share"] >= cfg.ood_coverage
+    # how far the upper bound moves when the val images are resampled
+    assert 0.5 <= val["val_grey_high_p05"] <= val["val_grey_high_p95"] <= 1.0
     result = evaluate_artifact(out, built_dataset, tmp_path / "rep", robustness=False,
                                show_progress=False)  # fmt: skip
     clean = result["verdicts"]["clean"]
@@ -250,6 +252,8 @@ def test_the_real_scans_report_says_a_missed_target_with_its_number() -> None:
                                             "python": "3.11", "device": "cpu"},
         "stages_seconds": {"total": 1.0},
         "verdicts": {"synthesis8": {"clean": verdicts, "jpeg_q75": verdicts}},
+        "calibration": {"synthesis8": {"grey_low": 0.5, "grey_high": 0.96, "temperature": 1.15,
+                                       "val_grey_high_p05": 0.9, "val_grey_high_p95": 0.99}},
         "default_on_real": {"artifact": "artifacts/synthesis8", "folder": "real-dev",
                             "all": {"images": 9, "answered uncertain": 0.95,
                                     "answered fake": 0.05, "answered real": 0.0}},
@@ -263,3 +267,4 @@ def test_the_real_scans_report_says_a_missed_target_with_its_number() -> None:
         "| synthesis8: real scans answered fake | clean | 0.0310 | <= 0.02 | **missed** |" in text
     )
     assert "point 6 (the longer AMP run on a GPU) was not run" in text
+    assert "grey zone [0.50, 0.96]" in text and "resampled: 0.90-0.99" in text

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from medfakedet.artifacts import META_FILE
+from medfakedet.artifacts import META_FILE, read_meta
 from medfakedet.labels import CLASS_NAMES, ORGANS
 from medfakedet.runtime import machine_info, setup_threads
 from training.common import write_json
@@ -186,6 +186,16 @@ def external_jobs(
     return checks
 
 
+def synthesis8_operating_point(artifacts: Path) -> dict[str, float]:
+    """synthesis8's grey zone and temperature, and how far the zone's upper bound moved when
+    its val images were resampled (artifacts calibrated before that was measured lack it)."""
+    meta = read_meta(artifacts / TASK_DIRS["synthesis8"])
+    val = meta.get("metrics", {}).get("val", {})
+    point = {k: meta["calibration"][k] for k in ("grey_low", "grey_high", "temperature")}
+    point.update({k: val[k] for k in ("val_grey_high_p05", "val_grey_high_p95") if k in val})
+    return point
+
+
 def run_pipeline(
     data: Path,
     artifacts: Path,
@@ -276,6 +286,7 @@ def run_pipeline(
         "headline": {task: headline(task, r["metrics"]) for task, r in results.items()},
         "real_scans": {task: real_scan_numbers(task, r["metrics"]) for task, r in results.items()},
         "verdicts": {task: r.get("verdicts", {}) for task, r in results.items()},
+        "calibration": {"synthesis8": synthesis8_operating_point(artifacts)},
         "external": {k.removeprefix("check "): r for k, (r, _) in checked.items() if k != DEFAULT},
         "overrides": list(overrides),
     }

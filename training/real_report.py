@@ -172,6 +172,25 @@ def _reused(seconds: float | None) -> str:
     return "reused" if seconds is None else f"reused (made in {seconds:.1f})"
 
 
+def _operating_point(point: dict[str, float] | None) -> str:
+    """One paragraph: the served thresholds, and how much one val split can be trusted."""
+    if not point:
+        return ""
+    text = (
+        f"Served: grey zone [{point['grey_low']:.2f}, {point['grey_high']:.2f}] of P(fake) at "
+        f"temperature {point['temperature']:.3f}, fitted on validation."
+    )
+    if "val_grey_high_p95" in point:
+        text += (
+            " The upper bound, where a real scan starts to be answered fake, is set by a few "
+            "val reals; with the val images resampled: "
+            f"{point['val_grey_high_p05']:.2f}-{point['val_grey_high_p95']:.2f} (5th-95th "
+            "percentile). The rates above move with it: compare trainings at matched false-"
+            '"fake" rates, not by one run\'s verdicts.'
+        )
+    return text
+
+
 def render(summary: dict[str, Any], links: str = "", figure: str = "") -> str:
     """The Markdown of the real-scans report (``figure``: the verdict plot's relative path)."""
     m, rows = summary["machine"], acceptance(summary)
@@ -213,6 +232,8 @@ def render(summary: dict[str, Any], links: str = "", figure: str = "") -> str:
             "(the paper's `is_fake`) before abstention. JPEG -> PNG is lossless (the clean row).",
             "",
             _synthesis8_table(s8),
+            "",
+            _operating_point(summary.get("calibration", {}).get("synthesis8")),
             "",
             f"![verdict shares per condition]({figure})" if figure else "",
             "",
