@@ -230,6 +230,7 @@ def train_task(
 
     model.load_state_dict(result.best_weights)
     calibration, val_summary = task.calibrate(model)
+    this_run = time.monotonic() - wall_start
     training = {
         "config": config,
         "init": init,
@@ -243,8 +244,8 @@ def train_task(
         "train_seconds": round(result.train_seconds, 2),
         # The whole time this artifact took: this run, plus the training loop of the runs it
         # resumed (a --resume of a finished run only recalibrates: its own time is minutes).
-        "total_seconds": round(time.monotonic() - wall_start + result.resumed_seconds, 2),
-        "seconds_this_run": round(time.monotonic() - wall_start, 2),
+        "total_seconds": round(this_run + result.resumed_seconds, 2),
+        "seconds_this_run": round(this_run, 2),
         "machine": machine_info(device),
     }
     model.to("cpu")
