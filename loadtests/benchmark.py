@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from loadtests import ENDPOINTS, SampleImage, folder_images, sample_images
-from medfakedet.argv import glue_dash_values
+from medfakedet.argv import parse_args
 from medfakedet.schema import error_message, result_problem
 
 MAX_REQUESTS = 10_000
@@ -315,8 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(glue_dash_values(argv, ["--token"], parser))
+    args = parse_args(parser, argv)
     if not 1 <= args.requests <= MAX_REQUESTS:
         print(f"--requests must be in 1..{MAX_REQUESTS}", file=sys.stderr)
         return 1

@@ -4,11 +4,13 @@ TorchServe's keys are URL-safe base64, so about one in 64 begins with ``-``. arg
 ``--token -Xy3...`` as a second option and stops with "expected one argument", though the user
 typed it right. :func:`glue_dash_values` rewrites such a pair into ``--token=-Xy3...`` before
 parsing, unless the value is itself one of the parser's options (a forgotten value still errs).
+:func:`parse_args` does that and parses.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable, Sequence
 
 
@@ -48,3 +50,14 @@ def glue_dash_values(
         out.append(arg)
         i += 1
     return out
+
+
+def parse_args(
+    parser: argparse.ArgumentParser,
+    argv: Iterable[str] | None = None,
+    options: Iterable[str] = ("--token",),
+) -> argparse.Namespace:
+    """``parser.parse_args`` of ``argv`` (None: the command line), dash values of ``options``
+    glued first (:func:`glue_dash_values`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return parser.parse_args(glue_dash_values(argv, options, parser))

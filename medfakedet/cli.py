@@ -35,7 +35,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from medfakedet import __version__
-from medfakedet.argv import glue_dash_values
+from medfakedet.argv import parse_args
 from medfakedet.scan import (
     BATCH_SIZE,
     IMAGE_SUFFIXES,
@@ -264,8 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Iterable[str] | None = None) -> int:
     """Console entry point (``medfakedet``); returns the exit code."""
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(glue_dash_values(argv, ["--token"], parser))
+    args = parse_args(parser, argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
