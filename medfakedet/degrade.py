@@ -31,6 +31,12 @@ ZOOM_RANGE: tuple[float, float] = (1.0, 1.4)
 #: Window source change: the share of the image's gray range (above the window's floor) that the
 #: new window spans, drawn log-uniformly (0.15: a narrow mediastinal-like window).
 WINDOW_WIDTH: tuple[float, float] = (0.15, 1.0)
+#: Processing source change (X-ray / display processing): unsharp masking of std (pixels at the
+#: model size, log-uniform) and gain in these ranges, or a histogram equalisation blended in at a
+#: weight in ``EQUALIZE_WEIGHT``.
+UNSHARP_SIGMA: tuple[float, float] = (1.0, 6.0)
+UNSHARP_GAIN: tuple[float, float] = (0.3, 1.5)
+EQUALIZE_WEIGHT: tuple[float, float] = (0.2, 1.0)
 
 
 def resample(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -56,6 +62,20 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
         return x
     k = 2 * math.ceil(3 * sigma) + 1
     return TF.gaussian_blur(x, [k, k], [sigma, sigma]).clamp(0.0, 1.0)
+
+
+def unsharp_mask(x: torch.Tensor, sigma: float, gain: float) -> torch.Tensor:
+    """``x + gain * (x - blur(x))``, clipped to [0, 1]: edges and local contrast enhanced."""
+    return (x + gain * (x - gaussian_blur(x, sigma))).clamp(0.0, 1.0)
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation of (C, H, W) ``x`` in [0, 1]: each value becomes the share of the
+    image's values at or below it (ties share one level), channels together."""
+    flat = x.reshape(-1)
+    values, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+    cdf = torch.cumsum(counts, 0).to(x.dtype) / flat.numel()
+    return cdf[inverse].reshape(x.shape)
 
 
 def add_noise(x: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
@@ -174,6 +194,13 @@ class Degradation:
     # of the image's gray range, its width as a share of the rest (``window_width``).
     window_p: float = 0.0
     window_width: tuple[float, float] = WINDOW_WIDTH
+    # Another processing (an X-ray's vendor processing, a web copy's contrast): half the time an
+    # unsharp mask (multi-scale contrast enhancement's main step), else a histogram equalisation
+    # blended in.
+    process_p: float = 0.0
+    unsharp_sigma: tuple[float, float] = UNSHARP_SIGMA
+    unsharp_gain: tuple[float, float] = UNSHARP_GAIN
+    equalize_weight: tuple[float, float] = EQUALIZE_WEIGHT
 
     def __post_init__(self) -> None:
         problems = [
@@ -186,6 +213,7 @@ class Degradation:
                 ("gamma_p", self.gamma_p),
                 ("zoom_p", self.zoom_p),
                 ("window_p", self.window_p),
+                ("process_p", self.process_p),
             )
             if not 0.0 <= p <= 1.0
         ]
@@ -197,6 +225,9 @@ class Degradation:
             ("gamma_range", self.gamma_range, 0.1),
             ("zoom_range", self.zoom_range, 1.0),
             ("window_width", self.window_width, 0.01),
+            ("unsharp_sigma", self.unsharp_sigma, 0.1),
+            ("unsharp_gain", self.unsharp_gain, 0.0),
+            ("equalize_weight", self.equalize_weight, 0.0),
         ):
             if not floor <= lo <= hi:
                 problems.append(f"{name} must be a range lo <= hi with lo >= {floor}")
@@ -204,13 +235,15 @@ class Degradation:
             problems.append("jpeg_quality must stay <= 100")
         if self.window_width[1] > 1.0:
             problems.append("window_width must stay <= 1")
+        if self.equalize_weight[1] > 1.0:
+            problems.append("equalize_weight must stay <= 1")
         if problems:
             raise ValueError("invalid degradation: " + "; ".join(problems))
 
     @property
     def active(self) -> bool:
         ps = (self.jpeg_p, self.blur_p, self.resize_p, self.noise_p)
-        return max(*ps, self.gamma_p, self.zoom_p, self.window_p) > 0
+        return max(*ps, self.gamma_p, self.zoom_p, self.window_p, self.process_p) > 0
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Degrade (C, H, W) ``x`` in [0, 1]; every draw comes from ``generator``."""
@@ -220,6 +253,8 @@ class Degradation:
             x = self._source_change(x, torch.rand(6, generator=generator, dtype=torch.float64))
         if self.window_p > 0:  # its own draws: presets without it keep their random streams
             x = self._window(x, torch.rand(3, generator=generator, dtype=torch.float64).tolist())
+        if self.process_p > 0:  # its own draws too
+            x = self._process(x, torch.rand(4, generator=generator, dtype=torch.float64).tolist())
         u = torch.rand(8, generator=generator, dtype=torch.float64).tolist()
 
         def within(r: tuple[float, float], t: float) -> float:
@@ -264,3 +299,18 @@ class Degradation:
         lo, hi = math.log(self.window_width[0]), math.log(self.window_width[1])
         width = (x_max - floor) * math.exp(lo + (hi - lo) * v[2])
         return ((x - floor) / max(width, 1e-3)).clamp(0.0, 1.0)
+
+    def _process(self, x: torch.Tensor, v: list[float]) -> torch.Tensor:
+        """Another processing, as the draws ``v`` (4 in [0, 1)) say: an unsharp mask or a
+        blended histogram equalisation."""
+        if v[0] >= self.process_p:
+            return x
+        x = x.clamp(0.0, 1.0)
+        if v[1] < 0.5:
+            lo, hi = math.log(self.unsharp_sigma[0]), math.log(self.unsharp_sigma[1])
+            sigma = math.exp(lo + (hi - lo) * v[2])
+            (g0, g1) = self.unsharp_gain
+            return unsharp_mask(x, sigma, g0 + (g1 - g0) * v[3])
+        (w0, w1) = self.equalize_weight
+        weight = w0 + (w1 - w0) * v[3]
+        return (1.0 - weight) * x + weight * equalize(x)

@@ -5,6 +5,7 @@ images)."""
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -18,9 +19,11 @@ from medfakedet.degrade import (
     down_up,
     draw_encode,
     encode_image,
+    equalize,
     gaussian_blur,
     jpeg_roundtrip,
     resample,
+    unsharp_mask,
 )
 from medfakedet.imaging import decode_image
 from medfakedet.preprocess import (
@@ -243,3 +246,56 @@ def test_source_change_window() -> None:
         Degradation(window_width=(0.5, 1.5))
     d = Synthesis8Config(aug_window_p=0.3, aug_window_width=(0.2, 0.9)).degradation()
     assert (d.window_p, d.window_width) == (0.3, (0.2, 0.9))
+
+
+def test_equalize_and_unsharp_mask() -> None:
+    """Equalisation maps each gray to the share of the image at or below it; the unsharp mask
+    raises local contrast at an edge and leaves a flat image alone."""
+    x = torch.tensor([[[0.1, 0.1, 0.5, 0.9]]])
+    assert torch.allclose(equalize(x), torch.tensor([[[0.5, 0.5, 0.75, 1.0]]]))
+    ramp = _scan()
+    eq = equalize(ramp)
+    order = torch.argsort(ramp.flatten())
+    assert bool((eq.flatten()[order].diff() >= 0).all())  # grays keep their order
+    counts = torch.histc(eq, bins=4, min=0.0, max=1.0)  # about flat: a quarter per bin
+    assert float(counts.min()) > 0.15 * eq.numel()
+    flat = torch.full((1, 32, 32), 0.4)
+    assert torch.allclose(unsharp_mask(flat, 2.0, 1.0), flat)
+    step = torch.zeros(1, 32, 32)
+    step[..., 16:] = 0.6
+    sharp = unsharp_mask(step + 0.2, 2.0, 1.0)
+    # Overshoot on both sides of the edge (the dark side darker, the bright side brighter).
+    assert float(sharp[0, 0, 15]) < 0.2 - 0.05 and float(sharp[0, 0, 16]) > 0.8 + 0.05
+
+
+def test_source_change_processing() -> None:
+    """Another processing: half the draws an unsharp mask, half a blended equalisation, drawn
+    after the other source changes, which keep their draws; off, presets draw as before."""
+    x = _scan()
+    g = torch.Generator
+    on = Degradation(process_p=1.0)
+    kinds = set()
+    for seed in range(12):
+        v = torch.rand(4, generator=g().manual_seed(seed), dtype=torch.float64).tolist()
+        out = on(x, g().manual_seed(seed))
+        assert out.shape == x.shape and 0.0 <= float(out.min()) <= float(out.max()) <= 1.0
+        if v[1] < 0.5:
+            sigma = math.exp(math.log(1.0) + (math.log(6.0) - math.log(1.0)) * v[2])
+            gain = 0.3 + 1.2 * v[3]
+            assert torch.allclose(out, unsharp_mask(x, sigma, gain))
+            kinds.add("unsharp")
+        else:
+            w = 0.2 + 0.8 * v[3]
+            assert torch.allclose(out, (1 - w) * x + w * equalize(x))
+            kinds.add("equalize")
+    assert kinds == {"unsharp", "equalize"}
+    src = Degradation(gamma_p=0.5, zoom_p=0.5, window_p=0.3, noise_p=1.0)
+    off = Degradation(gamma_p=0.5, zoom_p=0.5, window_p=0.3, noise_p=1.0, process_p=0.0)
+    assert torch.equal(src(x, g().manual_seed(5)), off(x, g().manual_seed(5)))
+    assert Degradation(process_p=0.1).active and not Degradation().active
+    with pytest.raises(ValueError, match="process_p must be within 0..1"):
+        Degradation(process_p=1.5)
+    with pytest.raises(ValueError, match="equalize_weight must stay <= 1"):
+        Degradation(equalize_weight=(0.5, 1.5))
+    d = Synthesis8Config(aug_process_p=0.3, aug_unsharp_sigma=(2.0, 3.0)).degradation()
+    assert (d.process_p, d.unsharp_sigma, d.unsharp_gain) == (0.3, (2.0, 3.0), (0.3, 1.5))

@@ -3,8 +3,8 @@
 ``Synthesis8Config`` and ``LocalizerConfig`` inherit :class:`DegradationFields`; the trainer
 hands :meth:`DegradationFields.degradation` to the train split only, where
 :class:`medfakedet.degrade.Degradation` applies down-up resize, blur, noise and JPEG
-recompression at random, after the source changes (gamma, zoom, window) when those are on (every
-draw from the item's generator, so runs are reproducible). All probabilities 0 (the
+recompression at random, after the source changes (gamma, zoom, window, processing) when those
+are on (every draw from the item's generator, so runs are reproducible). All probabilities 0 (the
 default): no degradation, the paper's recipe.
 """
 
@@ -14,9 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from medfakedet.degrade import (
+    EQUALIZE_WEIGHT,
     GAMMA_RANGE,
     JPEG_QUALITY_RANGE,
     SCALE_RANGE,
+    UNSHARP_GAIN,
+    UNSHARP_SIGMA,
     WINDOW_WIDTH,
     ZOOM_RANGE,
     Degradation,
@@ -50,6 +53,10 @@ class DegradationFields:
     aug_zoom_range: tuple[float, float] = ZOOM_RANGE  # log-uniform, 1/z of each side kept
     aug_window_p: float = 0.0  # another intensity window (a CT re-windowed): a linear stretch
     aug_window_width: tuple[float, float] = WINDOW_WIDTH  # share of the gray range, log-uniform
+    aug_process_p: float = 0.0  # another processing: an unsharp mask or an equalisation blend
+    aug_unsharp_sigma: tuple[float, float] = UNSHARP_SIGMA  # pixels at the model size, log-uniform
+    aug_unsharp_gain: tuple[float, float] = UNSHARP_GAIN
+    aug_equalize_weight: tuple[float, float] = EQUALIZE_WEIGHT
 
     def degradation_problems(self) -> list[str]:
         """What is wrong with these fields, for the config's ``validate`` ([] when fine)."""
@@ -72,4 +79,8 @@ class DegradationFields:
             zoom_range=tuple(self.aug_zoom_range),
             window_p=self.aug_window_p,
             window_width=tuple(self.aug_window_width),
+            process_p=self.aug_process_p,
+            unsharp_sigma=tuple(self.aug_unsharp_sigma),
+            unsharp_gain=tuple(self.aug_unsharp_gain),
+            equalize_weight=tuple(self.aug_equalize_weight),
         )
