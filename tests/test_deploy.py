@@ -17,7 +17,9 @@ from medfakedet.deploy import (
     DeployError,
     Stack,
     StackConfig,
+    build_archive,
     can_bind,
+    check_model_config,
     check_ports_free,
     free_port,
     free_ports,
@@ -70,6 +72,34 @@ def test_archive_holds_what_the_handlers_import_and_nothing_for_building(tmp_pat
     assert {"__init__.py", "predictors.py", "requests.py", "imaging.py"} <= set(modules)
     for left_out in ("cli.py", "metrics.py", "deploy/", "data/"):
         assert not any(m.startswith(left_out) for m in modules), (left_out, modules)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("batchSize: 8\nmaxBatchDelay: 0\n", "maxBatchDelay must be a whole number of at least 1"),
+        ("batchSize: 0\nmaxBatchDelay: 5\n", "batchSize must be a whole number of at least 1"),
+        ("batchSize: 8\nmaxBatchDelay: 2.5\n", "maxBatchDelay must be .* got 2.5"),
+        ("batchSize: true\n", "batchSize must be .* got True"),
+        ("- a list\n", "is not a mapping"),
+        ("batchSize: [8\n", "cannot read the model config"),
+    ],
+)
+def test_a_model_config_whose_batching_torchserve_would_misread_is_refused(tmp_path, text, why):
+    """maxBatchDelay 0 would make TorchServe wait its default 100 ms, not 0 (measured): the
+    archive is refused before torch-model-archiver runs, with the key named."""
+    config = write(tmp_path / "model-config.yaml", text)
+    with pytest.raises(DeployError, match=why):
+        check_model_config(config)
+    with pytest.raises(DeployError, match=why):  # before any artifact is read or archived
+        build_archive("synthesis8", REPO / "artifacts" / "synthesis8", tmp_path / "out", config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_shipped_model_configs_pass_the_check():
+    for task in ("synthesis8", "manipulation_density"):
+        config = check_model_config(REPO / "config" / task / "model-config.yaml")
+        assert config["batchSize"] > 1 and config["maxBatchDelay"] >= 1
 
 
 def test_staged_archive_imports_every_module_without_the_source_tree(tmp_path):

@@ -13,6 +13,7 @@
 from medfakedet.deploy.archive import (
     archive_all,
     build_archive,
+    check_model_config,
     find_artifact,
     serving_modules,
     stage_archive_files,
@@ -56,6 +57,7 @@ __all__ = [
     "StackStatus",
     "archive_all",
     "build_archive",
+    "check_model_config",
     "can_bind",
     "check_ports_free",
     "find_artifact",
