@@ -12,8 +12,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
-from medfakedet.data.builder import REAL_INPAINT_SIZE, REAL_SIZE
+from medfakedet.data.builder import (
+    REAL_DETAIL_MATCH,
+    REAL_GAN_CPU_STEPS,
+    REAL_INPAINT_SIZE,
+    REAL_SIZE,
+    FakeOptions,
+    real_fake_options,
+)
 from medfakedet.labels import ORGANS
 from training.config import apply_overrides
 from training.evaluate import evaluate_artifact
@@ -68,6 +76,8 @@ def write_build(folder: Path, real_dir: str | None, build_json: bool = True) -> 
     if build_json:
         args = {"real_dir": real_dir, "per_class": 200, "seed": 42}  # as the builder writes it
         args.update(size=REAL_SIZE if real_dir else 128, inpaint_size=REAL_INPAINT_SIZE)
+        fakes = real_fake_options() if real_dir else FakeOptions()
+        args.update(gan_steps=fakes.gan_steps, detail_match=list(fakes.detail_match))
         (folder / "build.json").write_text(json.dumps({"args": args, "seconds": 1.0}))
 
 
@@ -103,6 +113,26 @@ def test_data_is_rebuilt_only_for_another_real_folder(tmp_path: Path) -> None:
             del build["args"]["inpaint_size"]
         (from_real / "build.json").write_text(json.dumps(build))
         assert needs_build(from_real, real) is rebuild
+    # A real build with the fakes of before session 26 (the GAN at its 160-step cap, no detail
+    # match; build.json had no detail_match) is rebuilt.
+    wanted = real_fake_options()
+    old = [(None, None), (wanted.gan_steps, []), (wanted.gan_steps, list(wanted.detail_match))]
+    for (steps, matched), rebuild in zip(old, (True, True, False), strict=True):
+        build = json.loads((from_real / "build.json").read_text())
+        build["args"].update(size=REAL_SIZE, inpaint_size=REAL_INPAINT_SIZE)
+        build["args"].update(gan_steps=steps, detail_match=matched)
+        if matched is None:
+            del build["args"]["detail_match"]
+        (from_real / "build.json").write_text(json.dumps(build))
+        assert needs_build(from_real, real) is rebuild
+
+
+def test_real_recipe_fakes_train_the_gan_longer_on_the_cpu_and_match_all_detail() -> None:
+    opts = real_fake_options()
+    assert opts.detail_match == REAL_DETAIL_MATCH == ("vae", "diffusion_resynth", "upsample")
+    # On CUDA the GAN's own (larger) GPU cap; on the CPU more than its 160-step default.
+    cuda = torch.cuda.is_available()
+    assert opts.gan_steps == (None if cuda else REAL_GAN_CPU_STEPS) and REAL_GAN_CPU_STEPS > 160
 
 
 def test_pipeline_cli_refuses_bad_options_before_building(

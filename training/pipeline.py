@@ -61,8 +61,9 @@ def built_real_dir(data: Path) -> Path | None:
 
 def needs_build(data: Path, real_dir: Path | None) -> bool:
     """True when ``data`` holds no dataset, a build of another real folder than ``real_dir``, or
-    a real build split otherwise than REAL_INPAINT_FRACTIONS or at other sides than REAL_SIZE /
-    REAL_INPAINT_SIZE (before session 22 MedFake was built at 128 px). Without ``real_dir`` any
+    a real build split otherwise than REAL_INPAINT_FRACTIONS, at other sides than REAL_SIZE /
+    REAL_INPAINT_SIZE (before session 22 MedFake was built at 128 px) or with other fakes than
+    ``real_fake_options`` makes here (before session 26). Without ``real_dir`` any
     dataset there is used as it is: a real build is never replaced by phantoms because a command
     left out ``--real-dir`` (:func:`main` then reads the folder from ``build.json``), and a dataset
     not made by the builder is never replaced."""
@@ -74,17 +75,20 @@ def needs_build(data: Path, real_dir: Path | None) -> bool:
         args = json.loads((data / "build.json").read_text())["args"]
         built_from, shares = args.get("real_dir"), args.get("inpaint_fractions")
         sides = (args.get("size"), args.get("inpaint_size", args.get("size")))
+        fakes = (args.get("gan_steps"), args.get("detail_match", []))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise ValueError(
             f"{data} holds a dataset that was not built from {real_dir}; give another --data"
         ) from None
     same = built_from is not None and Path(built_from).resolve() == real_dir.resolve()
     # A real build of before REAL_INPAINT_FRACTIONS (20 untouched test slices) is rebuilt.
-    from medfakedet.data.builder import REAL_INPAINT_SIZE, REAL_SIZE
+    from medfakedet.data.builder import REAL_INPAINT_SIZE, REAL_SIZE, real_fake_options
     from medfakedet.data.inpaint import REAL_INPAINT_FRACTIONS
 
     old_split = shares is not None and not np.allclose(shares, REAL_INPAINT_FRACTIONS)
-    return not same or old_split or sides != (REAL_SIZE, REAL_INPAINT_SIZE)
+    wanted = real_fake_options()
+    old_fakes = fakes != (wanted.gan_steps, list(wanted.detail_match))
+    return not same or old_split or sides != (REAL_SIZE, REAL_INPAINT_SIZE) or old_fakes
 
 
 def trainer_configs(config: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -227,14 +231,27 @@ def run_pipeline(
     recorded: dict[str, float | None] = {}  # seconds taken by the earlier run, for reused stages
     start_all = time.monotonic()
     if needs_build(data, real_dir):
-        from medfakedet.data.builder import REAL_INPAINT_SIZE, REAL_SIZE, build_datasets
+        from medfakedet.data.builder import (
+            REAL_INPAINT_SIZE,
+            REAL_SIZE,
+            build_datasets,
+            real_fake_options,
+        )
         from medfakedet.data.inpaint import INPAINT_FRACTIONS, REAL_INPAINT_FRACTIONS
 
         start = time.monotonic()
         shares = INPAINT_FRACTIONS if real_dir is None else REAL_INPAINT_FRACTIONS
-        sides = {} if real_dir is None else {"size": REAL_SIZE, "inpaint_size": REAL_INPAINT_SIZE}
+        recipe = (
+            {}
+            if real_dir is None
+            else {
+                "size": REAL_SIZE,
+                "inpaint_size": REAL_INPAINT_SIZE,
+                "fake_options": real_fake_options(),
+            }
+        )
         build_datasets(
-            data, real_dir=real_dir, inpaint_fractions=shares, progress=show_progress, **sides
+            data, real_dir=real_dir, inpaint_fractions=shares, progress=show_progress, **recipe
         )
         stages["build data"] = time.monotonic() - start
     else:  # reused: report the time of the build that made it

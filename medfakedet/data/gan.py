@@ -9,8 +9,9 @@ hundred reals, so the discriminator sees reals and fakes through the same differ
 augmentations (DiffAugment: brightness, contrast, translation, cutout). A sample decodes a new
 mix of two reals' codes: its layout follows the first ("source") real, not a copy of it.
 
-On the CPU the model works at 64 px within a step cap (:data:`CPU_STEPS`; a build's time budget
-can stop it earlier); on a CUDA device at the output size with many more steps
+On the CPU the model works at 64 px within a step cap (:data:`CPU_STEPS`, quick for phantom
+builds and tests; the real-scan recipe trains 1500 steps, ``builder.REAL_GAN_CPU_STEPS``; a
+build's time budget can stop it earlier); on a CUDA device at the output size with many more steps
 (:data:`GPU_STEPS`). Decoded samples are then given a reference real's intensity and spectrum
 (:class:`DetailMatch`): histogram-matched to their source real, a phase-preserving gain per
 radial frequency brings their power spectrum to the real's (edges get as sharp as the real's),
