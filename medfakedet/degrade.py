@@ -73,7 +73,7 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     """Histogram equalisation of (C, H, W) ``x`` in [0, 1]: each value becomes the share of the
     image's values at or below it (ties share one level), channels together."""
     flat = x.reshape(-1)
-    values, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+    _, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
     cdf = torch.cumsum(counts, 0).to(x.dtype) / flat.numel()
     return cdf[inverse].reshape(x.shape)
 
@@ -170,8 +170,9 @@ class Degradation:
     Applied in this order: down-up resize (factor log-uniform in ``resize_scale``), blur (std
     uniform in ``blur_sigma`` pixels), noise (std uniform in ``noise_sigma``), JPEG
     recompression (quality uniform in ``jpeg_quality``), the order of a scan being resized,
-    smoothed and saved. The source changes (``zoom_p``, ``gamma_p``: another field of view and
-    display curve) come first, when on.
+    smoothed and saved. The source changes (``zoom_p``, ``gamma_p``, ``window_p``,
+    ``process_p``: another field of view, display curve, window and processing) come first, in
+    that order, when on.
     """
 
     jpeg_p: float = 0.0
