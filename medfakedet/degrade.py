@@ -64,6 +64,17 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return TF.gaussian_blur(x, [k, k], [sigma, sigma]).clamp(0.0, 1.0)
 
 
+def within(r: tuple[float, float], t: float) -> float:
+    """The point ``t`` (in [0, 1)) of the way through the range ``r``: a uniform draw."""
+    return r[0] + (r[1] - r[0]) * t
+
+
+def log_within(r: tuple[float, float], t: float) -> float:
+    """The point ``t`` of the way through ``r`` on a log scale: a log-uniform draw."""
+    lo, hi = math.log(r[0]), math.log(r[1])
+    return math.exp(lo + (hi - lo) * t)
+
+
 def unsharp_mask(x: torch.Tensor, sigma: float, gain: float) -> torch.Tensor:
     """``x + gain * (x - blur(x))``, clipped to [0, 1]: edges and local contrast enhanced."""
     return (x + gain * (x - gaussian_blur(x, sigma))).clamp(0.0, 1.0)
@@ -257,13 +268,8 @@ class Degradation:
         if self.process_p > 0:  # its own draws too
             x = self._process(x, torch.rand(4, generator=generator, dtype=torch.float64).tolist())
         u = torch.rand(8, generator=generator, dtype=torch.float64).tolist()
-
-        def within(r: tuple[float, float], t: float) -> float:
-            return r[0] + (r[1] - r[0]) * t
-
         if u[0] < self.resize_p:
-            lo, hi = math.log(self.resize_scale[0]), math.log(self.resize_scale[1])
-            x = down_up(x, math.exp(within((lo, hi), u[1])))
+            x = down_up(x, log_within(self.resize_scale, u[1]))
         if u[2] < self.blur_p:
             x = gaussian_blur(x, within(self.blur_sigma, u[3]))
         if u[4] < self.noise_p:
@@ -278,14 +284,12 @@ class Degradation:
         v = v.tolist()
         if v[0] < self.zoom_p:
             h, w = x.shape[-2:]
-            lo, hi = math.log(self.zoom_range[0]), math.log(self.zoom_range[1])
-            z = math.exp(lo + (hi - lo) * v[1])
+            z = log_within(self.zoom_range, v[1])
             ch, cw = max(8, round(h / z)), max(8, round(w / z))
             top, left = int(v[2] * (h - ch + 1)), int(v[3] * (w - cw + 1))
             x = resample(x[..., top : top + ch, left : left + cw], h, w)
         if v[4] < self.gamma_p:
-            lo, hi = math.log(self.gamma_range[0]), math.log(self.gamma_range[1])
-            x = x.clamp(0.0, 1.0) ** math.exp(lo + (hi - lo) * v[5])
+            x = x.clamp(0.0, 1.0) ** log_within(self.gamma_range, v[5])
         return x
 
     def _window(self, x: torch.Tensor, v: list[float]) -> torch.Tensor:
@@ -297,8 +301,7 @@ class Degradation:
         if x_max - x_min < 1e-3:
             return x
         floor = x_min + (x_max - x_min) * 0.5 * v[1]
-        lo, hi = math.log(self.window_width[0]), math.log(self.window_width[1])
-        width = (x_max - floor) * math.exp(lo + (hi - lo) * v[2])
+        width = (x_max - floor) * log_within(self.window_width, v[2])
         return ((x - floor) / max(width, 1e-3)).clamp(0.0, 1.0)
 
     def _process(self, x: torch.Tensor, v: list[float]) -> torch.Tensor:
@@ -308,10 +311,7 @@ class Degradation:
             return x
         x = x.clamp(0.0, 1.0)
         if v[1] < 0.5:
-            lo, hi = math.log(self.unsharp_sigma[0]), math.log(self.unsharp_sigma[1])
-            sigma = math.exp(lo + (hi - lo) * v[2])
-            (g0, g1) = self.unsharp_gain
-            return unsharp_mask(x, sigma, g0 + (g1 - g0) * v[3])
-        (w0, w1) = self.equalize_weight
-        weight = w0 + (w1 - w0) * v[3]
+            sigma = log_within(self.unsharp_sigma, v[2])
+            return unsharp_mask(x, sigma, within(self.unsharp_gain, v[3]))
+        weight = within(self.equalize_weight, v[3])
         return (1.0 - weight) * x + weight * equalize(x)
